@@ -1,0 +1,381 @@
+"""``duckdb:///path/to/file.duckdb``: the embedded store.
+
+Readings are appended from Arrow columns in one transaction per group commit
+(never row by row), sorted by event time within each append so range scans skip
+row groups by their min/max. DuckDB is synchronous: writes run on one dedicated
+thread with their own connection, queries on a small pool with a cursor each,
+so neither blocks the event loop (DuckDB releases the GIL while it works).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import duckdb
+import pyarrow as pa
+
+from fleetstream.domain.records import DedupKey, DeviceMessage
+from fleetstream.errors import ConfigError, StoreError
+from fleetstream.ports import MetricsQuery
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (
+    seq BIGINT NOT NULL,            -- position of the message in the durable log
+    device_id VARCHAR NOT NULL,
+    ts TIMESTAMP NOT NULL,          -- event time, UTC
+    sensor VARCHAR NOT NULL,
+    value DOUBLE NOT NULL,
+    unit VARCHAR,
+    device_type VARCHAR NOT NULL,
+    msg_id VARCHAR,
+    received_at TIMESTAMP NOT NULL  -- UTC
+);
+-- Messages that carry no reading (e.g. startup): kept so every acknowledged message is durable.
+CREATE TABLE IF NOT EXISTS device_messages (
+    seq BIGINT NOT NULL,
+    device_id VARCHAR NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    kind VARCHAR NOT NULL,
+    device_type VARCHAR NOT NULL,
+    msg_id VARCHAR,
+    received_at TIMESTAMP NOT NULL
+);
+"""
+
+_READINGS_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("device_id", pa.string()),
+        ("ts", pa.timestamp("us")),
+        ("sensor", pa.string()),
+        ("value", pa.float64()),
+        ("unit", pa.string()),
+        ("device_type", pa.string()),
+        ("msg_id", pa.string()),
+        ("received_at", pa.timestamp("us")),
+    ]
+)
+_MESSAGES_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("device_id", pa.string()),
+        ("ts", pa.timestamp("us")),
+        ("kind", pa.string()),
+        ("device_type", pa.string()),
+        ("msg_id", pa.string()),
+        ("received_at", pa.timestamp("us")),
+    ]
+)
+
+AGGREGATES: dict[str, str] = {
+    "count": "count(value)",
+    "min": "min(value)",
+    "max": "max(value)",
+    "avg": "avg(value)",
+    "mean": "avg(value)",
+    "sum": "sum(value)",
+    "stddev": "stddev_samp(value)",
+    "p50": "quantile_cont(value, 0.5)",
+    "p95": "quantile_cont(value, 0.95)",
+    "p99": "quantile_cont(value, 0.99)",
+}
+
+
+def path_of(url: str) -> Path | None:
+    """The file of a ``duckdb:///path`` URL; ``None`` for ``duckdb:///:memory:``."""
+    parts = urlsplit(url)
+    if parts.scheme != "duckdb":
+        msg = f"not a duckdb URL: {url!r}"
+        raise ConfigError(msg)
+    raw = unquote(parts.netloc + parts.path)
+    if raw in ("", "/", "/:memory:", ":memory:"):
+        return None
+    # duckdb:///data/x.duckdb is relative (three slashes, like sqlite), duckdb:////abs/x.duckdb absolute.
+    return Path(raw[1:] if raw.startswith("/") else raw)
+
+
+class DuckDBStore:
+    """The :class:`~fleetstream.ports.Store` on a DuckDB file."""
+
+    def __init__(self, url: str, *, memory_limit: str | None = None) -> None:
+        self.url = url
+        self.path = path_of(url)
+        self._memory_limit = memory_limit
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-write")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="duckdb-read")
+        self._local = threading.local()
+
+    async def start(self) -> None:
+        await self._on_writer(self._open)
+
+    def _open(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str | bool | int | float | list[str]] = {}
+        if self._memory_limit:
+            config["memory_limit"] = self._memory_limit
+        try:
+            con = duckdb.connect(str(self.path) if self.path else ":memory:", config=config)
+        except duckdb.Error as exc:
+            msg = f"cannot open DuckDB file {self.path}: {exc}"
+            raise StoreError(msg) from exc
+        con.execute(_DDL)
+        rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+        row = rows[0] if rows else None
+        if row is None:
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        elif int(row[0]) > SCHEMA_VERSION:
+            con.close()
+            msg = f"{self.path} was written by a newer fleetstream (schema {row[0]} > {SCHEMA_VERSION})"
+            raise StoreError(msg)
+        self._con = con
+
+    async def close(self) -> None:
+        if self._con is not None:
+            await self._on_writer(self._close)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+
+    def _close(self) -> None:
+        assert self._con is not None
+        self._con.execute("CHECKPOINT")
+        self._con.close()
+        self._con = None
+
+    # -- writing ---------------------------------------------------------------
+
+    async def write(self, messages: Sequence[DeviceMessage]) -> None:
+        readings, bare = _to_arrow(messages)
+        await self._on_writer(self._write, readings, bare)
+
+    def _write(self, readings: pa.Table | None, bare: pa.Table | None) -> None:
+        con = self._connection()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if readings is not None:
+                con.register("incoming_readings", readings)
+                con.execute("INSERT INTO readings SELECT * FROM incoming_readings ORDER BY ts")
+                con.unregister("incoming_readings")
+            if bare is not None:
+                con.register("incoming_messages", bare)
+                con.execute("INSERT INTO device_messages SELECT * FROM incoming_messages ORDER BY ts")
+                con.unregister("incoming_messages")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    # -- dedup support -----------------------------------------------------------
+
+    async def stored_keys(self, items: Sequence[tuple[DedupKey, int]]) -> set[DedupKey]:
+        if not items:
+            return set()
+        candidates = pa.Table.from_arrays(
+            [
+                pa.array([k[0] for k, _ in items], pa.string()),
+                pa.array([k[1] for k, _ in items], pa.string()),
+                pa.array([ts for _, ts in items], pa.timestamp("us")),
+                pa.array([k[2] if isinstance(k[2], str) else None for k, _ in items], pa.string()),
+            ],
+            names=["device_id", "part", "ts", "msg_id"],
+        )
+        return await self._on_writer(self._stored_keys, candidates)
+
+    def _stored_keys(self, candidates: pa.Table) -> set[DedupKey]:
+        con = self._connection()
+        found: set[DedupKey] = set()
+        con.register("candidates", candidates)
+        try:
+            for table, part in (("readings", "r.sensor"), ("device_messages", "'@' || r.kind")):
+                # Keys by event time: the ts range lets DuckDB skip row groups by their min/max.
+                by_ts = con.execute(
+                    f"""SELECT DISTINCT r.device_id, {part}, epoch_us(r.ts)
+                        FROM {table} r JOIN candidates c
+                          ON r.device_id = c.device_id AND {part} = c.part AND r.ts = c.ts
+                        WHERE c.msg_id IS NULL AND r.msg_id IS NULL
+                          AND r.ts BETWEEN (SELECT min(ts) FROM candidates)
+                                       AND (SELECT max(ts) FROM candidates)"""
+                ).fetchall()
+                by_id = con.execute(
+                    f"""SELECT DISTINCT r.device_id, {part}, r.msg_id
+                        FROM {table} r JOIN candidates c
+                          ON r.device_id = c.device_id AND {part} = c.part AND r.msg_id = c.msg_id
+                        WHERE c.msg_id IS NOT NULL"""
+                ).fetchall()
+                found.update((d, p, k) for d, p, k in by_ts)
+                found.update((d, p, k) for d, p, k in by_id)
+        finally:
+            con.unregister("candidates")
+        return found
+
+    async def recent_keys(self, since: int) -> list[tuple[DedupKey, int]]:
+        return await self._on_writer(self._recent_keys, since)
+
+    def _recent_keys(self, since: int) -> list[tuple[DedupKey, int]]:
+        con = self._connection()
+        rows = con.execute(
+            """SELECT device_id, sensor, msg_id, epoch_us(ts) FROM readings WHERE ts >= make_timestamp(?)
+               UNION ALL
+               SELECT device_id, '@' || kind, msg_id, epoch_us(ts) FROM device_messages
+               WHERE ts >= make_timestamp(?)""",
+            [since, since],
+        ).fetchall()
+        return [((d, s, m if m is not None else ts), ts) for d, s, m, ts in rows]
+
+    async def log_position(self) -> tuple[int, int | None]:
+        return await self._on_writer(self._log_position)
+
+    def _log_position(self) -> tuple[int, int | None]:
+        row = (
+            self._connection()
+            .execute(
+                """SELECT max(seq), max(t) FROM (
+                 SELECT max(seq) AS seq, epoch_us(max(ts)) AS t FROM readings
+                 UNION ALL
+                 SELECT max(seq), epoch_us(max(ts)) FROM device_messages)"""
+            )
+            .fetchall()[0]
+        )
+        return (int(row[0]) if row[0] is not None else 0, row[1])
+
+    # -- queries -----------------------------------------------------------------
+
+    async def query_metrics(self, query: MetricsQuery) -> dict[str, dict[str, Any]]:
+        return await self._on_reader(self._query_metrics, query)
+
+    def _query_metrics(self, query: MetricsQuery) -> dict[str, dict[str, Any]]:
+        names = list(dict.fromkeys(query.aggs))
+        select = ", ".join(AGGREGATES[name] for name in names)
+        where = [
+            "ts >= make_timestamp(?)",
+            "ts <= make_timestamp(?)" if query.end_inclusive else "ts < make_timestamp(?)",
+        ]
+        params: list[Any] = [query.start, query.end]
+        if query.sensors:
+            where.append(f"sensor IN ({', '.join('?' * len(query.sensors))})")
+            params.extend(query.sensors)
+        if query.device_ids:
+            where.append(f"device_id IN ({', '.join('?' * len(query.device_ids))})")
+            params.extend(query.device_ids)
+        sql = f"SELECT sensor, {select} FROM readings WHERE {' AND '.join(where)} GROUP BY sensor"
+        rows = self._cursor().execute(sql, params).fetchall()
+        result: dict[str, dict[str, Any]] = {s: _empty(names) for s in query.sensors}
+        for sensor, *values in rows:
+            result[sensor] = dict(zip(names, values, strict=True))
+        return dict(sorted(result.items()))
+
+    async def sensors(self) -> set[str]:
+        return await self._on_reader(self._sensors)
+
+    def _sensors(self) -> set[str]:
+        return {row[0] for row in self._cursor().execute("SELECT DISTINCT sensor FROM readings").fetchall()}
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only SQL query (for tests, benchmarks and the shell)."""
+        return await self._on_reader(lambda: self._cursor().execute(sql, list(params)).fetchall())
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            msg = "the DuckDB store is not open"
+            raise StoreError(msg)
+        return self._con
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._connection().cursor()
+            self._local.cursor = cursor
+        return cursor
+
+    async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        return await _run(self._writer, fn, *args)
+
+    async def _on_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        return await _run(self._readers, fn, *args)
+
+
+async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    except duckdb.Error as exc:
+        msg = f"DuckDB: {exc}"
+        raise StoreError(msg) from exc
+
+
+def _empty(names: list[str]) -> dict[str, Any]:
+    return {name: (0 if name == "count" else None) for name in names}
+
+
+def _to_arrow(messages: Sequence[DeviceMessage]) -> tuple[pa.Table | None, pa.Table | None]:
+    seq: list[int] = []
+    device: list[str] = []
+    ts: list[int] = []
+    sensor: list[str] = []
+    value: list[float] = []
+    unit: list[str | None] = []
+    dtype: list[str] = []
+    msg_id: list[str | None] = []
+    received: list[int] = []
+    bare: list[DeviceMessage] = []
+    for m in messages:
+        if not m.readings:
+            bare.append(m)
+            continue
+        for r in m.readings:
+            seq.append(m.seq)
+            device.append(r.device_id)
+            ts.append(r.ts)
+            sensor.append(r.sensor)
+            value.append(r.value)
+            unit.append(r.unit)
+            dtype.append(r.device_type)
+            msg_id.append(r.msg_id)
+            received.append(m.received_at)
+    readings = (
+        pa.Table.from_arrays(
+            [
+                pa.array(seq, pa.int64()),
+                pa.array(device, pa.string()),
+                pa.array(ts, pa.timestamp("us")),
+                pa.array(sensor, pa.string()),
+                pa.array(value, pa.float64()),
+                pa.array(unit, pa.string()),
+                pa.array(dtype, pa.string()),
+                pa.array(msg_id, pa.string()),
+                pa.array(received, pa.timestamp("us")),
+            ],
+            schema=_READINGS_SCHEMA,
+        )
+        if seq
+        else None
+    )
+    bare_table = (
+        pa.Table.from_arrays(
+            [
+                pa.array([m.seq for m in bare], pa.int64()),
+                pa.array([m.device_id for m in bare], pa.string()),
+                pa.array([m.ts for m in bare], pa.timestamp("us")),
+                pa.array([m.kind for m in bare], pa.string()),
+                pa.array([m.device_type for m in bare], pa.string()),
+                pa.array([m.msg_id for m in bare], pa.string()),
+                pa.array([m.received_at for m in bare], pa.timestamp("us")),
+            ],
+            schema=_MESSAGES_SCHEMA,
+        )
+        if bare
+        else None
+    )
+    return readings, bare_table

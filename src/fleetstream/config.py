@@ -1,0 +1,137 @@
+"""Settings: one frozen tree, built once at the edge (CLI or ``create_app``) and passed down.
+
+Every field reads ``FLEETSTREAM_<NAME>`` from the environment; nested groups use
+``__`` (``FLEETSTREAM_INGEST__MAX_BATCH_ITEMS=5000``). A TOML file named by
+``FLEETSTREAM_CONFIG`` is read too; explicit values (CLI flags) win over the
+environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fleetstream.errors import ConfigError
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IngestSettings(_Group):
+    """Limits of the ingest gateway."""
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest request body")
+    max_batch_items: int = Field(10_000, gt=0, description="most messages in one request")
+    max_future_s: float = Field(
+        86_400.0, gt=0, description="how far ahead of the server clock an event time may be"
+    )
+    queue_max_records: int = Field(
+        200_000, gt=0, description="readings waiting to be made durable before 503"
+    )
+    ack_timeout_s: float = Field(30.0, gt=0, description="longest wait for durability before 503")
+
+
+class EngineSettings(_Group):
+    """How the stream processors are driven."""
+
+    batch_max_records: int = Field(50_000, gt=0, description="most messages made durable in one group commit")
+    dedup_horizon_s: float = Field(
+        120.0, gt=0, description="event time kept in memory for dedup; older re-sends ask the store"
+    )
+
+
+class SimulatorSettings(_Group):
+    """The built-in fleet."""
+
+    enabled: bool = True
+    devices: int = Field(50, ge=0, le=100_000)
+    rate: float = Field(1.0, gt=0, description="messages per device per second (typed kinds)")
+    seed: int | None = None
+
+
+class Settings(BaseSettings):
+    """All of fleetstream's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    data: Path = Path("data")
+    store: str | None = Field(None, description="store URL; default duckdb:///<data>/fleetstream.duckdb")
+    bus: str = "memory://"
+    unsafe_no_auth: bool = False
+    table: bool = True
+    log_level: str = "info"
+    ingest: IngestSettings = IngestSettings()
+    engine: EngineSettings = EngineSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("FLEETSTREAM_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, defaulting to a DuckDB file under the data directory."""
+        return self.store or f"duckdb:///{self.data / 'fleetstream.duckdb'}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from overrides, the environment and the optional TOML file.
+
+    Raises:
+        ConfigError: naming each bad field and why.
+    """
+    nested = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**nested)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        msg = f"invalid settings: {problems}"
+        raise ConfigError(msg) from None
+    _check_bind(settings)
+    return settings
+
+
+def _check_bind(settings: Settings) -> None:
+    host = settings.host
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not settings.unsafe_no_auth:
+        msg = (
+            f"refusing to bind to {host}: fleetstream has no authentication configured, so it "
+            "listens on 127.0.0.1 only. To expose it anyway (e.g. behind an authenticating "
+            "proxy), pass --unsafe-no-auth or set FLEETSTREAM_UNSAFE_NO_AUTH=1."
+        )
+        raise ConfigError(msg)

@@ -1,0 +1,72 @@
+"""Conversions between integer microseconds and the text forms users send and read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+# Numeric timestamps are told apart by magnitude: below 1e11 they are seconds
+# (up to the year 5138), below 1e14 milliseconds, else microseconds.
+_SECONDS_BELOW = 100_000_000_000
+_MILLIS_BELOW = 100_000_000_000_000
+
+
+def datetime_to_us(dt: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime."""
+    return (dt - EPOCH) // _US
+
+
+def us_to_datetime(us: int) -> datetime:
+    """The aware UTC datetime of a microsecond timestamp."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def us_to_iso(us: int) -> str:
+    """RFC 3339 text with ``Z``, microseconds shown only when not zero.
+
+    >>> us_to_iso(1_680_033_862_000_000), us_to_iso(1_680_033_862_500_000)
+    ('2023-03-28T20:04:22Z', '2023-03-28T20:04:22.500000Z')
+    """
+    dt = us_to_datetime(us)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if dt.microsecond:
+        text += f".{dt.microsecond:06d}"
+    return text + "Z"
+
+
+def epoch_number_to_us(value: float) -> int:
+    """Epoch seconds, milliseconds or microseconds (told apart by magnitude) to microseconds.
+
+    >>> epoch_number_to_us(1680033862), epoch_number_to_us(1680033862000)
+    (1680033862000000, 1680033862000000)
+    """
+    magnitude = abs(value)
+    if magnitude < _SECONDS_BELOW:
+        return round(value * 1_000_000)
+    if magnitude < _MILLIS_BELOW:
+        return round(value * 1_000)
+    return round(value)
+
+
+def parse_time(text: str) -> int:
+    """RFC 3339 (offset or ``Z`` required) or ``YYYY-MM-DD HH:MM:SS`` taken as UTC, to microseconds.
+
+    Raises:
+        ValueError: with a message fit to show a user.
+
+    >>> parse_time("2023-03-28 20:04:22") == parse_time("2023-03-28T20:04:22Z")
+    True
+    """
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        msg = f'expected RFC 3339 (e.g. "2023-03-28T20:04:22Z") or "YYYY-MM-DD HH:MM:SS", got "{text}"'
+        raise ValueError(msg) from None
+    if dt.tzinfo is None:
+        if "T" in text or "t" in text:
+            msg = f'"{text}" has no UTC offset: add "Z" or "+00:00"'
+            raise ValueError(msg)
+        dt = dt.replace(tzinfo=UTC)
+    return datetime_to_us(dt)

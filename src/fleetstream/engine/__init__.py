@@ -1,0 +1,1 @@
+"""Drives the domain processors over the bus."""

@@ -1,0 +1,126 @@
+"""One broadcast of acknowledged messages to every live subscriber.
+
+Each subscriber has a bounded queue. Publishing never waits: when a queue is
+full the message is skipped for that subscriber and counted; a subscriber whose
+queue has stayed full for ``stall_timeout_s`` is dropped. A slow client
+therefore never slows ingest, and a stalled one does not linger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Sequence
+
+from fleetstream.domain.records import DeviceMessage
+
+
+class Subscriber:
+    """One live client's view of the stream."""
+
+    def __init__(
+        self, device_ids: Collection[str] | None, max_queue: int, on_close: Callable[[Subscriber], None]
+    ) -> None:
+        self.device_ids = frozenset(device_ids) if device_ids else None
+        self.queue: asyncio.Queue[DeviceMessage] = asyncio.Queue(max_queue)
+        self.skipped = 0
+        self.dropped = False
+        self.full_since: float | None = None
+        self._wakeup = asyncio.Event()
+        self._on_close = on_close
+
+    async def get(self) -> DeviceMessage | None:
+        """The next message, or ``None`` once the subscriber was dropped and has drained."""
+        while True:
+            if not self.queue.empty():
+                message = self.queue.get_nowait()
+                self.full_since = None
+                return message
+            if self.dropped:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def offer(self, message: DeviceMessage, now: float, stall_timeout_s: float) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.skipped += 1
+            if self.full_since is None:
+                self.full_since = now
+            elif now - self.full_since > stall_timeout_s:
+                self.drop()
+        self._wakeup.set()
+
+    def drop(self) -> None:
+        """End this subscription (its consumer drains what is queued, then sees ``None``)."""
+        self.dropped = True
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Unregister; call when the client goes away."""
+        self.dropped = True
+        self._on_close(self)
+
+
+class Hub:
+    """The broadcast; see the module docstring."""
+
+    def __init__(
+        self, monotonic: Callable[[], float], *, max_queue: int = 1000, stall_timeout_s: float = 10.0
+    ) -> None:
+        self._monotonic = monotonic
+        self.max_queue = max_queue
+        self.stall_timeout_s = stall_timeout_s
+        self._all: set[Subscriber] = set()
+        self._by_device: dict[str, set[Subscriber]] = {}
+        self.dropped_total = 0
+
+    def __len__(self) -> int:
+        return len(self._all) + sum(len(s) for s in self._by_device.values())
+
+    def subscribe(
+        self, device_ids: Collection[str] | None = None, max_queue: int | None = None
+    ) -> Subscriber:
+        """A new subscriber to all messages, or to those of ``device_ids``."""
+        sub = Subscriber(device_ids, max_queue or self.max_queue, self._remove)
+        if sub.device_ids is None:
+            self._all.add(sub)
+        else:
+            for device in sub.device_ids:
+                self._by_device.setdefault(device, set()).add(sub)
+        return sub
+
+    def publish(self, messages: Sequence[DeviceMessage]) -> None:
+        """Offer acknowledged messages to every interested subscriber; never waits."""
+        if not self._all and not self._by_device:
+            return
+        now = self._monotonic()
+        timeout = self.stall_timeout_s
+        for message in messages:
+            for sub in self._all:
+                sub.offer(message, now, timeout)
+            followers = self._by_device.get(message.device_id)
+            if followers:
+                for sub in followers:
+                    sub.offer(message, now, timeout)
+        for sub in [s for s in self._everyone() if s.dropped]:
+            self.dropped_total += 1
+            self._remove(sub)
+
+    def close(self) -> None:
+        """End every subscription (shutdown)."""
+        for sub in list(self._everyone()):
+            sub.drop()
+            self._remove(sub)
+
+    def _everyone(self) -> set[Subscriber]:
+        return self._all.union(*self._by_device.values())
+
+    def _remove(self, sub: Subscriber) -> None:
+        self._all.discard(sub)
+        for device in sub.device_ids or ():
+            followers = self._by_device.get(device)
+            if followers is not None:
+                followers.discard(sub)
+                if not followers:
+                    del self._by_device[device]

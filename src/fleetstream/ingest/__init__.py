@@ -1,0 +1,1 @@
+"""Decoding and validation of every input format into canonical records."""

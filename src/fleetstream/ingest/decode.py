@@ -1,0 +1,164 @@
+"""Request bodies → device messages, with per-item errors.
+
+A body is one message, a JSON array of messages, ``{"readings": [...]}``, or
+NDJSON (one message per line). A bad item costs only itself: the rest of the
+batch is decoded and kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from fleetstream.domain.records import DeviceMessage
+from fleetstream.errors import (
+    FleetstreamError,
+    MalformedBody,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from fleetstream.ingest.fields import shown
+from fleetstream.ingest.formats import FORMATS, DecodeContext, Format
+
+BodyKind = Literal["json", "ndjson"]
+
+NDJSON_TYPES = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+    }
+)
+JSON_TYPES = frozenset({"application/json", "text/json"})
+
+_decoder = msgspec.json.Decoder()
+
+
+@dataclass(slots=True)
+class Decoded:
+    """The messages of a body and what was rejected, by item index (0-based)."""
+
+    messages: list[DeviceMessage] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    items: int = 0
+
+
+def body_kind(content_type: str | None) -> BodyKind:
+    """JSON or NDJSON from a Content-Type header; a missing header means JSON.
+
+    Raises:
+        UnsupportedMediaType: for anything else.
+    """
+    if not content_type:
+        return "json"
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in JSON_TYPES or media.endswith("+json"):
+        return "json"
+    if media in NDJSON_TYPES:
+        return "ndjson"
+    msg = (
+        f"unsupported Content-Type {media!r}: send application/json (one message, an array, "
+        'or {"readings": [...]}) or application/x-ndjson (one message per line). '
+        "With curl, add -H 'Content-Type: application/json'."
+    )
+    raise UnsupportedMediaType(msg)
+
+
+def decode_body(body: bytes, kind: BodyKind, ctx: DecodeContext, max_items: int) -> Decoded:
+    """Decode and validate every item of a body.
+
+    Raises:
+        MalformedBody: the JSON body does not parse (the message says where).
+        PayloadTooLarge: more than ``max_items`` items.
+    """
+    out = Decoded()
+    if kind == "ndjson":
+        lines = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+        _check_count(len(lines), max_items)
+        out.items = len(lines)
+        for index, (line_no, line) in enumerate(lines):
+            try:
+                item = _decoder.decode(line)
+            except msgspec.DecodeError as exc:
+                out.rejected.append({"index": index, "line": line_no, "error": _where(str(exc), line)})
+                continue
+            _decode_item(item, index, ctx, out)
+        return out
+    if not body.strip():
+        msg = 'empty body: expected a JSON message, an array of messages, or {"readings": [...]}'
+        raise MalformedBody(msg)
+    try:
+        doc = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(_where(str(exc), body)) from None
+    items = _items(doc)
+    _check_count(len(items), max_items)
+    out.items = len(items)
+    for index, item in enumerate(items):
+        _decode_item(item, index, ctx, out)
+    return out
+
+
+def _items(doc: Any) -> list[Any]:
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict):
+        batch = doc.get("readings")
+        if isinstance(batch, list) and len(doc) == 1:
+            return batch
+        return [doc]
+    msg = f"expected a JSON object or array at the top level, got {shown(doc)}"
+    raise MalformedBody(msg)
+
+
+def _check_count(count: int, max_items: int) -> None:
+    if count > max_items:
+        msg = f"batch of {count} messages is over the limit of {max_items}: split it"
+        raise PayloadTooLarge(msg, details={"items": count, "max_items": max_items})
+
+
+def _decode_item(item: Any, index: int, ctx: DecodeContext, out: Decoded) -> None:
+    if not isinstance(item, dict):
+        out.rejected.append({"index": index, "error": f"expected a JSON object, got {shown(item)}"})
+        return
+    fmt = _format_of(item)
+    if fmt is None:
+        out.rejected.append({"index": index, "error": _UNRECOGNISED})
+        return
+    try:
+        out.messages.append(fmt.decode(item, ctx))
+    except FleetstreamError as exc:
+        out.rejected.append({"index": index, "error": exc.message})
+
+
+def _format_of(item: dict[str, Any]) -> Format | None:
+    for fmt in FORMATS:
+        if fmt.matches(item):
+            return fmt
+    return None
+
+
+_UNRECOGNISED = "not a recognised message; expected one of: " + "; ".join(
+    f"{fmt.name} {fmt.example}" for fmt in FORMATS
+)
+
+
+def _where(error: str, body: bytes) -> str:
+    """msgspec's "... (byte N)" turned into a line and column a person can find."""
+    text = error.removeprefix("JSON is malformed: ")
+    marker = "(byte "
+    start = text.rfind(marker)
+    if start == -1:
+        return f"malformed JSON: {text}"
+    try:
+        offset = int(text[start + len(marker) : text.index(")", start)])
+    except ValueError:
+        return f"malformed JSON: {text}"
+    line = body.count(b"\n", 0, offset) + 1
+    column = offset - (body.rfind(b"\n", 0, offset) + 1) + 1
+    reason = text[:start].strip()
+    return f"malformed JSON at line {line}, column {column} (byte {offset}): {reason}"

@@ -1,0 +1,108 @@
+"""The ports: small interfaces the core talks to, each with an explicit lifecycle.
+
+Adapters are chosen by URL (see :mod:`fleetstream.adapters`), so the core never
+imports a driver. Every method that may wait is ``async``; none blocks the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fleetstream.domain.records import DedupKey, DeviceMessage
+
+READINGS_TOPIC = "readings"
+"""The topic of device messages, keyed by device id."""
+
+
+class BusBatch(Protocol):
+    """Records handed to one consumer, to be committed once processed."""
+
+    records: Sequence[DeviceMessage]
+
+    async def commit(self) -> None:
+        """Mark every record of the batch processed (and durable downstream)."""
+        ...
+
+    async def fail(self, exc: BaseException) -> None:
+        """Processing failed: the records are not committed (senders see ``exc``, or a retry)."""
+        ...
+
+
+class Bus(Protocol):
+    """The durable log between the gateway and the processors.
+
+    ``publish`` returns only once the records are durable: for ``memory://``,
+    once the consuming group has committed them (made them durable in the
+    store); for ``kafka://``, once the broker acknowledged them with acks=all.
+    """
+
+    async def start(self) -> None:
+        """Connect."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect; pending publishes fail."""
+        ...
+
+    async def publish(self, topic: str, records: Sequence[DeviceMessage]) -> None:
+        """Append records (keyed by device id); return once durable.
+
+        Raises:
+            Overloaded: the log cannot take more now (retry later).
+            BusUnavailable: the log is down; nothing was appended.
+        """
+        ...
+
+    def subscribe(self, topic: str, group: str, max_records: int) -> AsyncIterator[BusBatch]:
+        """Batches of at most ``max_records`` records for one consumer of ``group``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsQuery:
+    """Aggregates of readings in ``[start, end)`` (or ``[start, end]`` if ``end_inclusive``)."""
+
+    start: int
+    end: int
+    aggs: tuple[str, ...]
+    sensors: tuple[str, ...] = ()
+    device_ids: tuple[str, ...] = ()
+    end_inclusive: bool = False
+
+
+class Store(Protocol):
+    """Durable storage of readings and device events, and the queries over them."""
+
+    async def start(self) -> None:
+        """Open (creating the schema when needed)."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and close."""
+        ...
+
+    async def write(self, messages: Sequence[DeviceMessage]) -> None:
+        """Store messages (their readings and events) in one durable transaction."""
+        ...
+
+    async def stored_keys(self, items: Sequence[tuple[DedupKey, int]]) -> set[DedupKey]:
+        """Which of these (dedup key, event time) are already stored."""
+        ...
+
+    async def recent_keys(self, since: int) -> list[tuple[DedupKey, int]]:
+        """(dedup key, event time) of everything stored with event time >= ``since``."""
+        ...
+
+    async def log_position(self) -> tuple[int, int | None]:
+        """The last ingest sequence number stored and the newest event time (None when empty)."""
+        ...
+
+    async def query_metrics(self, query: MetricsQuery) -> dict[str, dict[str, Any]]:
+        """sensor → aggregate name → value, for every sensor with data (or asked for)."""
+        ...
+
+    async def sensors(self) -> set[str]:
+        """Every sensor name stored."""
+        ...
