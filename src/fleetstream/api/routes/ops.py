@@ -1,0 +1,59 @@
+"""Operations: ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text format)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from fleetstream.api.deps import RuntimeDep
+from fleetstream.api.routes.query import ingest_counters
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    """Always `{"status": "ok"}` while the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: store open and engine consuming")
+async def readyz(runtime: RuntimeDep) -> Response:
+    """200 when ingest can be acknowledged, else 503 with the reason."""
+    task = runtime.engine._task
+    if not runtime.started or task is None or task.done():
+        return JSONResponse({"status": "unavailable", "reason": "engine not running"}, 503)
+    return JSONResponse({"status": "ready", "log_position": runtime.engine.position})
+
+
+_HELP = {
+    "readings_total": ("counter", "Readings made durable (after dedup)."),
+    "messages_total": ("counter", "Device messages made durable (after dedup)."),
+    "duplicates_total": ("counter", "Re-sent readings dropped by dedup."),
+    "rejected_total": ("counter", "Items rejected by validation."),
+    "requests_total": ("counter", "Ingest requests received."),
+    "rate_per_s": ("gauge", "Readings per second acknowledged, over the last seconds."),
+    "devices": ("gauge", "Devices that have sent readings since start."),
+    "log_position": ("gauge", "Ingest sequence number of the last durable message."),
+}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
+    """Counters and gauges of ingest, dedup, the queue and live subscribers."""
+    values = ingest_counters(runtime)
+    values["queue_pending"] = getattr(runtime.bus, "pending", lambda _t: 0)("readings")
+    values["live_subscribers"] = len(runtime.hub)
+    values["live_dropped_total"] = runtime.hub.dropped_total
+    help_ = {
+        **_HELP,
+        "queue_pending": ("gauge", "Readings accepted and waiting to be made durable."),
+        "live_subscribers": ("gauge", "Open live streams."),
+        "live_dropped_total": ("counter", "Live streams dropped for stalling."),
+    }
+    lines = []
+    for name, value in values.items():
+        kind, text = help_[name]
+        lines += [f"# HELP fleetstream_{name} {text}", f"# TYPE fleetstream_{name} {kind}"]
+        lines.append(f"fleetstream_{name} {value}")
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -1,0 +1,230 @@
+"""Queries: ``GET /api/v1/metrics``, ``POST /compute/metrics``, ``GET /api/v1/stats/live``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from fleetstream.api.deps import EngineDep, StoreDep
+from fleetstream.domain.timeutil import parse_time, us_to_iso
+from fleetstream.errors import InvalidInput
+from fleetstream.ingest.devicetypes import known_sensors
+from fleetstream.ports import MetricsQuery
+
+router = APIRouter(tags=["query"])
+
+AGGS = ("count", "min", "max", "avg", "mean", "sum", "stddev", "p50", "p95", "p99")
+DEFAULT_AGGS = "count,min,max,avg"
+HOUR_US = 3_600_000_000
+
+
+def split_values(values: list[str] | None) -> tuple[str, ...]:
+    """Repeatable and comma-separated query values, flattened, order kept, blanks dropped."""
+    out: dict[str, None] = {}
+    for value in values or ():
+        for part in value.split(","):
+            if part.strip():
+                out[part.strip()] = None
+    return tuple(out)
+
+
+def time_param(name: str, text: str | None, default: int) -> int:
+    """A query-string time, or ``default`` when absent; 400 naming the parameter when bad."""
+    if text is None or not text.strip():
+        return default
+    try:
+        return parse_time(text.strip())
+    except ValueError as exc:
+        msg = f"{name}: {exc}"
+        raise InvalidInput(msg) from None
+
+
+@router.get("/api/v1/metrics", summary="Aggregates of readings between two times, per sensor")
+async def get_metrics(
+    request: Request,
+    store: StoreDep,
+    sensor: Annotated[list[str] | None, Query(description="sensor name(s); all when absent")] = None,
+    device_id: Annotated[
+        list[str] | None, Query(description="device id(s); the whole fleet when absent")
+    ] = None,
+    from_: Annotated[
+        str | None, Query(alias="from", description="start, inclusive (default: `to` − 1 h)")
+    ] = None,
+    to: Annotated[str | None, Query(description="end, exclusive (default: now)")] = None,
+    agg: Annotated[str, Query(description=f"comma-separated, among {', '.join(AGGS)}")] = DEFAULT_AGGS,
+) -> Response:
+    """`count`, `min`, `max`, `avg` (= `mean`), `sum`, `stddev` (sample), `p50`, `p95`, `p99` of the
+    readings with event time in `[from, to)`. Times are RFC 3339 or `YYYY-MM-DD HH:MM:SS` (UTC).
+    Returns `{"from", "to", "metrics": {"<sensor>": {"<agg>": value}}}`; a sensor asked for with no
+    data has `count` 0 and null aggregates."""
+    runtime = request.app.state.runtime
+    end = time_param("to", to, runtime.clock.now_us())
+    start = time_param("from", from_, end - HOUR_US)
+    if start > end:
+        msg = f"from ({us_to_iso(start)}) is after to ({us_to_iso(end)})"
+        raise InvalidInput(msg)
+    aggs = split_values([agg])
+    unknown = [a for a in aggs if a not in AGGS]
+    if unknown or not aggs:
+        msg = f"agg: unknown aggregate(s) {', '.join(unknown) or '(none given)'}; expected {', '.join(AGGS)}"
+        raise InvalidInput(msg)
+    query = MetricsQuery(start, end, aggs, split_values(sensor), split_values(device_id))
+    metrics = await store.query_metrics(query)
+    body = {"from": us_to_iso(start), "to": us_to_iso(end), "metrics": metrics}
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+COMPUTE_METRICS = {"count": "count", "average": "avg", "mean": "avg", "min": "min", "max": "max"}
+
+
+@router.post(
+    "/compute/metrics",
+    summary="Metrics of sensors between two times (compatible request and response)",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {"result": {"temperature": {"count": 61, "min": 2}}, "errors": []}
+                }
+            }
+        },
+        400: {"description": "No valid sensor remains, or `from`/`to` missing or bad: `result` is `{}`."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object"},
+                    "example": {
+                        "temperature": ["count", "min", "max", "average"],
+                        "from": "2023-03-28 20:00:00",
+                        "to": "2023-03-28 21:00:00",
+                    },
+                }
+            },
+        }
+    },
+)
+async def compute_metrics(request: Request, store: StoreDep, engine: EngineDep) -> JSONResponse:
+    """Keys are sensor names whose values list metrics among `count`, `average`, `mean`, `min`,
+    `max`; `from` and `to` are `YYYY-MM-DD HH:MM:SS` (UTC; RFC 3339 also accepted), both inclusive.
+    Unknown metrics and keys are reported in `errors` and left out of `result`."""
+    errors: list[str] = []
+    try:
+        body = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as exc:
+        return _compute_error([f"The request body is not valid JSON: {exc}"])
+    if not isinstance(body, dict):
+        return _compute_error(["The request body must be a JSON object"])
+    bounds: dict[str, int] = {}
+    for key in ("from", "to"):
+        raw = body.get(key)
+        if raw is None:
+            errors.append(f'Missing {key} in the request body (expected "YYYY-MM-DD HH:MM:SS")')
+        elif not isinstance(raw, str):
+            errors.append(f'Invalid {key}: expected "YYYY-MM-DD HH:MM:SS", got {raw!r}')
+        else:
+            try:
+                bounds[key] = parse_time(raw.strip())
+            except ValueError as exc:
+                errors.append(f"Invalid {key}: {exc}")
+    if len(bounds) < 2:
+        return _compute_error(errors)
+    if bounds["from"] > bounds["to"]:
+        return _compute_error([*errors, "Invalid range: from is after to"])
+    known = known_sensors() | engine.sensors_seen
+    wanted: dict[str, list[str]] = {}
+    for key, value in body.items():
+        if key in ("from", "to"):
+            continue
+        if key not in known:
+            errors.append(f"Unexpected key {key} in the request body")
+            continue
+        if not isinstance(value, list):
+            errors.append(f"Expected a list of metrics for the sensor {key}")
+            continue
+        metrics = []
+        for metric in value:
+            if isinstance(metric, str) and metric in COMPUTE_METRICS:
+                metrics.append(metric)
+            else:
+                errors.append(f"Unexpected metric {metric} to compute for the sensor {key}")
+        if metrics:
+            wanted[key] = metrics
+    if not wanted:
+        return _compute_error(errors)
+    aggs = tuple(dict.fromkeys(COMPUTE_METRICS[m] for ms in wanted.values() for m in ms))
+    query = MetricsQuery(bounds["from"], bounds["to"], aggs, tuple(wanted), end_inclusive=True)
+    rows = await store.query_metrics(query)
+    result = {
+        sensor: {metric: rows[sensor][COMPUTE_METRICS[metric]] for metric in metrics}
+        for sensor, metrics in wanted.items()
+    }
+    return JSONResponse({"result": result, "errors": errors})
+
+
+def _compute_error(errors: list[str]) -> JSONResponse:
+    return JSONResponse({"result": {}, "errors": errors}, 400)
+
+
+@router.get("/api/v1/stats/live", summary="Running metrics of everything acknowledged since start")
+async def live_stats(
+    request: Request,
+    engine: EngineDep,
+    sensor: Annotated[list[str] | None, Query(description="only these sensors")] = None,
+    device_id: Annotated[list[str] | None, Query(description="per-device rows of these devices")] = None,
+    per_device: Annotated[bool, Query(description="include per device+sensor rows of every device")] = False,
+    limit: Annotated[int, Query(ge=1, le=100_000, description="most per-device rows")] = 1000,
+) -> Response:
+    """Per sensor (and per device+sensor): count, mean, min, max, stddev, last value and its event
+    time, since the process started, plus the ingest rate. Per-device rows come for the devices
+    named by `device_id`, or for all (up to `limit`) with `per_device=true`."""
+    runtime = request.app.state.runtime
+    sensors = set(split_values(sensor))
+    devices = set(split_values(device_id))
+    body: dict[str, Any] = {
+        "ingest": ingest_counters(runtime),
+        "sensors": {
+            name: _stats(s.as_dict())
+            for name, s in sorted(engine.stats.sensors.items())
+            if not sensors or name in sensors
+        },
+    }
+    if devices or per_device:
+        rows: dict[str, dict[str, Any]] = {}
+        count = 0
+        for (dev, sen), s in sorted(engine.stats.devices.items()):
+            if (devices and dev not in devices) or (sensors and sen not in sensors):
+                continue
+            if count >= limit:
+                body["truncated"] = True
+                break
+            rows.setdefault(dev, {})[sen] = _stats(s.as_dict())
+            count += 1
+        body["devices"] = rows
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+def _stats(row: dict[str, Any]) -> dict[str, Any]:
+    if "last_ts" in row:
+        row["last_ts"] = us_to_iso(row["last_ts"])
+    return row
+
+
+def ingest_counters(runtime: Any) -> dict[str, Any]:
+    """Counters of the gateway and the engine, for the live view and /metrics."""
+    engine = runtime.engine
+    return {
+        "rate_per_s": round(engine.rate.rate(runtime.clock.monotonic()), 1),
+        "readings_total": engine.stats.readings_total,
+        "messages_total": engine.messages_total,
+        "devices": len({d for d, _ in engine.stats.devices}),
+        "duplicates_total": engine.dedup.duplicates_total,
+        "rejected_total": runtime.gateway.rejected_total,
+        "requests_total": runtime.gateway.requests_total,
+        "log_position": engine.position,
+    }

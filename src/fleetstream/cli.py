@@ -1,0 +1,202 @@
+"""The ``fleetstream`` command.
+
+Every option also reads an environment variable, shown in ``--help``; the
+settings tree is built here once and passed down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+
+from fleetstream import __version__
+from fleetstream.config import Settings, load_settings
+from fleetstream.errors import ConfigError, FleetstreamError
+from fleetstream.runtime import Runtime
+
+app = typer.Typer(
+    name="fleetstream",
+    help="Device telemetry: simulate a fleet, ingest, validate, process, store, query and watch it live.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("fleetstream")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(envvar="FLEETSTREAM_HOST", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="FLEETSTREAM_PORT", help="HTTP port")] = 8000,
+    data: Annotated[
+        Path, typer.Option(envvar="FLEETSTREAM_DATA", help="directory of the DuckDB file")
+    ] = Path("data"),
+    devices: Annotated[
+        int, typer.Option(envvar="FLEETSTREAM_SIMULATOR__DEVICES", help="simulated devices")
+    ] = 50,
+    rate: Annotated[
+        float,
+        typer.Option(envvar="FLEETSTREAM_SIMULATOR__RATE", help="messages per simulated device per second"),
+    ] = 1.0,
+    simulator: Annotated[
+        bool, typer.Option(envvar="FLEETSTREAM_SIMULATOR__ENABLED", help="run the built-in simulator")
+    ] = True,
+    seed: Annotated[
+        int | None, typer.Option(envvar="FLEETSTREAM_SIMULATOR__SEED", help="simulator random seed")
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_STORE", help="store URL (default duckdb:///<data>/fleetstream.duckdb)"
+        ),
+    ] = None,
+    table: Annotated[
+        bool, typer.Option(envvar="FLEETSTREAM_TABLE", help="show the live metrics table in the terminal")
+    ] = True,
+    unsafe_no_auth: Annotated[
+        bool,
+        typer.Option(envvar="FLEETSTREAM_UNSAFE_NO_AUTH", help="allow a non-loopback --host without auth"),
+    ] = False,
+    log_level: Annotated[str, typer.Option(envvar="FLEETSTREAM_LOG_LEVEL", help="log level")] = "info",
+) -> None:
+    """Run everything in one process: HTTP API, ingest, processors, DuckDB store, simulator.
+
+    Open http://127.0.0.1:8000 (API docs at /docs). Ctrl-C stops cleanly: every
+    acknowledged reading is already stored.
+    """
+    try:
+        settings = load_settings(
+            host=host,
+            port=port,
+            data=data,
+            store=store,
+            table=table,
+            unsafe_no_auth=unsafe_no_auth,
+            log_level=log_level,
+            simulator={"enabled": simulator, "devices": devices, "rate": rate, "seed": seed},
+        )
+    except ConfigError as exc:
+        raise _fail(exc.message) from None
+    _check_port(settings.host, settings.port)
+    sys.exit(_run_up(settings))
+
+
+def _check_port(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                msg = f"port {port} on {host} is in use; pick another with --port"
+                raise _fail(msg) from None
+            msg = f"cannot listen on {host}:{port}: {exc.strerror}"
+            raise _fail(msg) from None
+
+
+def _run_up(settings: Settings) -> int:
+    from fleetstream.logs import setup_logging
+
+    console = setup_logging(settings.log_level)
+    runtime = Runtime(settings)
+    if settings.simulator.enabled and settings.simulator.devices > 0:
+        from fleetstream.simulator.embedded import add_simulator
+
+        add_simulator(runtime)
+    try:
+        import uvloop
+
+        return uvloop.run(_serve(settings, runtime, console))
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.run(_serve(settings, runtime, console))
+
+
+class _Server(uvicorn.Server):
+    """Ends live streams when shutdown starts (open SSE clients would hold it up), and stops the
+    runtime once HTTP has drained, still inside ``serve()`` (uvicorn re-raises the captured
+    Ctrl-C when ``serve()`` returns, which must not cut the final store commit short)."""
+
+    def __init__(
+        self, config: uvicorn.Config, runtime: Runtime, on_stopped: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.on_stopped = on_stopped
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.runtime.hub.close()
+        await super().shutdown(sockets)
+        await self.on_stopped()
+
+
+async def _serve(settings: Settings, runtime: Runtime, console: Any) -> int:
+    from fleetstream.api.app import create_app
+    from fleetstream.console import show_live_table
+
+    try:
+        await runtime.start()
+    except FleetstreamError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg=typer.colors.RED)
+        await runtime.stop()
+        return 2
+    app = create_app(settings, runtime=runtime)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        log_level=settings.log_level.lower(),
+    )
+    url = f"http://{settings.host}:{settings.port}"
+    stop = asyncio.Event()
+    table = asyncio.create_task(show_live_table(runtime, url, stop, console)) if settings.table else None
+
+    async def on_stopped() -> None:
+        if stop.is_set():
+            return
+        stop.set()
+        if table is not None:
+            await table
+        log.info("stopping: storing what was accepted, closing the store")
+        await runtime.stop()
+        log.info("stopped cleanly at log position %d", runtime.engine.position)
+
+    server = _Server(config, runtime, on_stopped)
+    log.info(
+        "fleetstream %s on %s (API docs at %s/docs), data in %s", __version__, url, url, settings.store_url
+    )
+    try:
+        await server.serve()
+    finally:
+        await on_stopped()
+    return 0 if server.started else 1
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"fleetstream {__version__}")
+
+
+def main() -> None:
+    """Entry point of the ``fleetstream`` script."""
+    app()
