@@ -19,7 +19,10 @@ READINGS_TOPIC = "readings"
 class BusBatch(Protocol):
     """Records handed to one consumer, to be committed once processed."""
 
-    records: Sequence[DeviceMessage]
+    @property
+    def records(self) -> Sequence[DeviceMessage]:
+        """The records, in log order."""
+        ...
 
     async def commit(self) -> None:
         """Mark every record of the batch processed (and durable downstream)."""

@@ -1,0 +1,225 @@
+"""Decoding of every input format, and the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleetstream.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from fleetstream.ingest.decode import body_kind, decode_body
+from fleetstream.ingest.formats import DecodeContext
+
+NOW = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
+CTX = DecodeContext(NOW, 86_400_000_000)
+T = "2023-03-28T20:04:22Z"
+T_US = 1_680_033_862_000_000
+
+
+def decode(items: object, ctx: DecodeContext = CTX, kind: str = "json", max_items: int = 1000):  # type: ignore[no-untyped-def]
+    return decode_body(json.dumps(items).encode(), kind, ctx, max_items)  # type: ignore[arg-type]
+
+
+def test_canonical_reading() -> None:
+    out = decode({"device_id": "1", "timestamp": T, "sensor": "temperature", "value": 25.2})
+    assert out.rejected == []
+    (m,) = out.messages
+    assert (m.device_id, m.ts, m.kind) == ("1", T_US, "telemetry")
+    (r,) = m.readings
+    assert (r.sensor, r.value, r.unit, r.device_type) == ("temperature", 25.2, "°C", "Sensor")
+
+
+def test_ts_synonym_epoch_millis_and_seconds() -> None:
+    out = decode(
+        [
+            {"device_id": "a", "ts": T, "sensor": "x", "value": 1},
+            {"device_id": "a", "timestamp": 1_680_033_862_000, "sensor": "x", "value": 1},
+            {"device_id": "a", "timestamp": 1_680_033_862, "sensor": "x", "value": 1},
+            {"device_id": "a", "timestamp": "2023-03-28T22:04:22+02:00", "sensor": "x", "value": 1},
+        ]
+    )
+    assert [m.ts for m in out.messages] == [T_US] * 4
+
+
+@pytest.mark.parametrize(
+    ("tag", "sensor", "unit", "type_name"),
+    [
+        ("Thermostat", "temperature", "°C", "Thermostat"),
+        ("Barometer", "pressure", "hPa", "Barometer"),
+        ("Hygrometer", "humidity", "%", "Hygrometer"),
+        ("Heart Rate Meter", "heart_rate", "bpm", "Heart Rate Meter"),
+        ("HeartRateMeter", "heart_rate", "bpm", "Heart Rate Meter"),
+    ],
+)
+def test_typed_messages(tag: str, sensor: str, unit: str, type_name: str) -> None:
+    out = decode({"device_id": "2", "timestamp": T, sensor: 60.5, "tag": tag})
+    (m,) = out.messages
+    assert [(r.sensor, r.value, r.unit, r.device_type) for r in m.readings] == [
+        (sensor, 60.5, unit, type_name)
+    ]
+
+
+def test_envelopes_with_numeric_strings_and_integer_ids() -> None:
+    out = decode(
+        [
+            {"device_id": 1, "type": "startup", "ts": T},
+            {
+                "device_id": 1,
+                "type": "heartbeat",
+                "ts": T,
+                "event": {"cpu_usage": "79.12", "mem_usage": "10.75"},
+            },
+            {"device_id": 1, "type": "temperature", "ts": T, "event": {"temperature": 48}},
+        ]
+    )
+    assert out.rejected == []
+    startup, heartbeat, temperature = out.messages
+    assert (startup.kind, startup.readings, startup.device_id) == ("startup", [], "1")
+    assert [(r.sensor, r.value) for r in heartbeat.readings] == [("cpu_usage", 79.12), ("mem_usage", 10.75)]
+    assert [(r.sensor, r.value, r.unit) for r in temperature.readings] == [("temperature", 48.0, "°C")]
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        (
+            {"device_id": "1", "ts": T, "sensor": "t", "value": "abc"},
+            'value: expected a finite number, got "abc"',
+        ),
+        (
+            {"device_id": "1", "ts": T, "sensor": "t", "value": "NaN"},
+            'value: expected a finite number, got "NaN"',
+        ),
+        (
+            {"device_id": "1", "ts": T, "sensor": "t", "value": True},
+            "value: expected a finite number, got true",
+        ),
+        ({"device_id": "1", "ts": T, "sensor": "t"}, "value: required"),
+        ({"ts": T, "sensor": "t", "value": 1}, "device_id: required"),
+        (
+            {"device_id": "a b", "ts": T, "sensor": "t", "value": 1},
+            'device_id: "a b" is not a valid device id',
+        ),
+        ({"device_id": "1", "sensor": "t", "value": 1}, "timestamp: required"),
+        (
+            {"device_id": "1", "ts": "2023-03-28T20:04:22", "sensor": "t", "value": 1},
+            'ts: "2023-03-28T20:04:22" has no UTC offset',
+        ),
+        ({"device_id": "1", "ts": "yesterday", "sensor": "t", "value": 1}, "ts: expected RFC 3339 text"),
+        (
+            {"device_id": "1", "ts": "2099-01-01T00:00:00Z", "sensor": "t", "value": 1},
+            "ahead of the server clock",
+        ),
+        (
+            {"device_id": "1", "ts": T, "tag": "Toaster", "temperature": 1},
+            'tag: unknown device type "Toaster"',
+        ),
+        (
+            {"device_id": "1", "ts": T, "tag": "Barometer", "temperature": 1},
+            "pressure: required for a Barometer",
+        ),
+        (
+            {"device_id": 1, "type": "heartbeat", "ts": T, "event": {"cpu_usage": 1}},
+            "event.mem_usage: required",
+        ),
+        (
+            {"device_id": 1, "type": "reboot", "ts": T, "event": {}},
+            'type: expected one of startup, heartbeat, temperature, got "reboot"',
+        ),
+        ({"hello": "world"}, "not a recognised message"),
+        ([1, 2], "expected a JSON object"),
+    ],
+)
+def test_item_errors_name_field_and_reason(item: object, error: str) -> None:
+    out = decode([{"device_id": "ok", "ts": T, "sensor": "t", "value": 1}, item])
+    assert len(out.messages) == 1, "the valid item beside the bad one is kept"
+    assert out.rejected[0]["index"] == 1
+    assert error in out.rejected[0]["error"]
+
+
+def test_readings_wrapper_and_ndjson() -> None:
+    item = {"device_id": "1", "ts": T, "sensor": "t", "value": 1}
+    assert decode({"readings": [item, item]}).items == 2
+    body = b"\n".join([json.dumps(item).encode(), b"", b"{not json", json.dumps(item).encode()]) + b"\n"
+    out = decode_body(body, "ndjson", CTX, 10)
+    assert (out.items, len(out.messages)) == (3, 2)
+    assert out.rejected[0]["index"] == 1
+    assert out.rejected[0]["line"] == 3
+    assert "malformed JSON at line 1, column 2" in out.rejected[0]["error"]
+
+
+def test_malformed_json_says_where() -> None:
+    with pytest.raises(MalformedBody, match=r"line 2, column 11 .*trailing comma"):
+        decode_body(b'[\n  {"a": 1,}]', "json", CTX, 10)
+    with pytest.raises(MalformedBody, match="empty body"):
+        decode_body(b"  ", "json", CTX, 10)
+    with pytest.raises(MalformedBody, match="top level"):
+        decode_body(b"42", "json", CTX, 10)
+
+
+def test_batch_limit() -> None:
+    with pytest.raises(PayloadTooLarge, match="batch of 3 messages is over the limit of 2"):
+        decode([{}, {}, {}], max_items=2)
+
+
+def test_device_from_url_fills_and_must_match() -> None:
+    ctx = DecodeContext(NOW, 86_400_000_000, device_id="dev-9")
+    out = decode(
+        [{"ts": T, "sensor": "t", "value": 1}, {"device_id": "other", "ts": T, "sensor": "t", "value": 1}],
+        ctx,
+    )
+    assert [m.device_id for m in out.messages] == ["dev-9"]
+    assert "does not match the device in the URL" in out.rejected[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("header", "kind"),
+    [
+        (None, "json"),
+        ("application/json", "json"),
+        ("application/json; charset=utf-8", "json"),
+        ("application/x-ndjson", "ndjson"),
+        ("application/vnd.api+json", "json"),
+    ],
+)
+def test_content_types(header: str | None, kind: str) -> None:
+    assert body_kind(header) == kind
+
+
+def test_form_content_type_is_refused_with_a_hint() -> None:
+    with pytest.raises(UnsupportedMediaType, match="Content-Type: application/json"):
+        body_kind("application/x-www-form-urlencoded")
+
+
+ids = st.text(alphabet="abcXYZ019_.:@!-", min_size=1, max_size=128)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@given(
+    device=ids,
+    value=finite,
+    ms=st.integers(100_000_000_000, NOW // 1000),
+    sensor=st.text(min_size=1, max_size=20),
+)
+def test_any_valid_canonical_reading_round_trips(device: str, value: float, ms: int, sensor: str) -> None:
+    out = decode({"device_id": device, "timestamp": ms, "sensor": sensor, "value": value})
+    assert out.rejected == []
+    (r,) = out.messages[0].readings
+    assert (r.device_id, r.sensor, r.value, r.ts) == (device, sensor, value, ms * 1000)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=20,
+    )
+)
+def test_arbitrary_json_never_raises_anything_but_client_errors(doc: object) -> None:
+    try:
+        out = decode_body(json.dumps(doc).encode(), "json", CTX, 10_000)
+    except (MalformedBody, PayloadTooLarge):
+        return
+    assert len(out.messages) + len(out.rejected) == out.items
