@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,21 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-             content_type: str = "application/json", timeout: float = 10) -> tuple[int, Any]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = 10,
+    ) -> tuple[int, Any]:
         """One request; returns (status, decoded JSON body or text)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, method=method, data=data,
-                                     headers={"Content-Type": content_type})
+        req = urllib.request.Request(
+            self.url + path, method=method, data=data, headers={"Content-Type": content_type}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 status, text = resp.status, resp.read().decode()
@@ -59,8 +68,9 @@ class ServerProcess:
     def stop(self, sig: str = "term") -> int:
         """Stop by PID: ``term`` (clean), ``int`` (Ctrl-C) or ``kill`` (SIGKILL)."""
         if self.proc.poll() is None:
-            {"term": self.proc.terminate, "kill": self.proc.kill,
-             "int": lambda: self.proc.send_signal(2)}[sig]()
+            {"term": self.proc.terminate, "kill": self.proc.kill, "int": lambda: self.proc.send_signal(2)}[
+                sig
+            ]()
         try:
             return self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -71,16 +81,22 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_server(data: Path, *args: str, port: int | None = None, timeout: float = 30,
-                 env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    data: Path, *args: str, port: int | None = None, timeout: float = 30, env: dict[str, str] | None = None
+) -> ServerProcess:
     """Start `fleetstream up` and wait until /readyz answers 200."""
     port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
     log = data / f"server-{port}-{time.monotonic_ns()}.log"
     cmd = [*FLEETSTREAM, "up", "--port", str(port), "--data", str(data), "--no-table", *args]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
     server = ServerProcess(proc, port, data, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,3 +120,10 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def launch_server() -> Callable[..., ServerProcess]:
+    """``start_server`` as a fixture, for suites that cannot import this module by name (the
+    ``tests/integration`` package, whose own conftest builds module-scoped servers from it)."""
+    return start_server

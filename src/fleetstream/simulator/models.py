@@ -82,7 +82,7 @@ class Walk:
     Example:
         >>> w = SensorModel("humidity", 20, 90, 35, 60, 5.0, 300.0).walk(1.0)
         >>> rng = random.Random(1)
-        >>> all(20 <= (x := w.step(50.0, 45.0, rng)) <= 90 for _ in range(100))
+        >>> all(20 <= w.step(50.0, 45.0, rng) <= 90 for _ in range(100))
         True
     """
 
