@@ -147,7 +147,7 @@ def test_readings_wrapper_and_ndjson() -> None:
     assert (out.items, len(out.messages)) == (3, 2)
     assert out.rejected[0]["index"] == 1
     assert out.rejected[0]["line"] == 3
-    assert "malformed JSON at line 1, column 2" in out.rejected[0]["error"]
+    assert "malformed JSON at line 3, column 2" in out.rejected[0]["error"]
 
 
 def test_malformed_json_says_where() -> None:
@@ -223,3 +223,67 @@ def test_arbitrary_json_never_raises_anything_but_client_errors(doc: object) -> 
     except (MalformedBody, PayloadTooLarge):
         return
     assert len(out.messages) + len(out.rejected) == out.items
+
+
+canonical_items = st.fixed_dictionaries(
+    {
+        "device_id": st.one_of(ids, st.integers(-1000, 10**12)),
+        "sensor": st.sampled_from(["temperature", "humidity", "x" * 128, "é", ""]),
+        "value": st.one_of(finite, st.integers(-(10**6), 10**6), st.just("1.5")),
+    },
+    optional={
+        "timestamp": st.one_of(
+            st.integers(0, NOW // 1000),
+            st.sampled_from(
+                [T, "2023-03-28T20:04:22.5+02:00", "2023-03-28T20:04:22", "2099-01-01T00:00:00Z", None]
+            ),
+        ),
+        "ts": st.sampled_from([T, 1_680_033_862]),
+        "unit": st.sampled_from(["°C", "", None]),
+        "msg_id": st.one_of(st.integers(0, 10**6), st.sampled_from(["m-1", ""])),
+        "seq": st.integers(0, 10**6),
+        "device_type": st.sampled_from(["Sensor", "Thermostat"]),
+    },
+)
+typed_items = st.fixed_dictionaries(
+    {
+        "device_id": ids,
+        "tag": st.sampled_from(["Thermostat", "HeartRateMeter", "Barometer", "Toaster"]),
+        "timestamp": st.sampled_from([T, 1_680_033_862_000]),
+    },
+    optional={
+        "temperature": finite,
+        "pressure": finite,
+        "heart_rate": st.integers(30, 200),
+        "extra": st.just(1),
+    },
+)
+
+
+@given(
+    st.lists(canonical_items, min_size=1, max_size=8) | st.lists(typed_items, min_size=1, max_size=8),
+    st.sampled_from(["json", "ndjson"]),
+)
+def test_fast_path_equals_general_path(items: list[dict[str, object]], kind: str) -> None:
+    if kind == "json":
+        body = json.dumps(items).encode()
+    else:
+        body = b"\n".join(json.dumps(i).encode() for i in items)
+    fast = decode_body(body, kind, CTX, 100)  # type: ignore[arg-type]
+    general = decode_body(body, kind, CTX, 100, fast=False)  # type: ignore[arg-type]
+    assert fast.messages == general.messages
+    assert fast.rejected == general.rejected
+    assert fast.items == general.items
+
+
+def test_fast_path_takes_plain_batches() -> None:
+    from fleetstream.ingest.fastpath import decode_fast
+
+    canonical = json.dumps([{"device_id": "a", "ts": T, "sensor": "t", "value": 1.5}]).encode()
+    typed = json.dumps(
+        [{"device_id": 7, "timestamp": T, "humidity": 40, "tag": "Hygrometer", "seq": 3}]
+    ).encode()
+    assert decode_fast(canonical, CTX, 10) == decode_body(canonical, "json", CTX, 10, fast=False).messages
+    assert decode_fast(typed, CTX, 10) == decode_body(typed, "json", CTX, 10, fast=False).messages
+    mixed = json.dumps([{"device_id": "a", "ts": T, "sensor": "t", "value": 1.5, "extra": 1}]).encode()
+    assert decode_fast(mixed, CTX, 10) is None
