@@ -105,8 +105,11 @@ class Engine:
         """The messages (or parts of them) not seen before; ``remembered`` gets the keys added to memory."""
         items: list[tuple[DedupKey, int]] = []
         for m in messages:
-            if m.readings:
-                items.extend((r.dedup_key, r.ts) for r in m.readings)
+            if m.readings:  # keys built inline (as Reading.dedup_key): this runs for every reading
+                items += [
+                    ((r.device_id, r.sensor, r.ts if r.msg_id is None else r.msg_id), r.ts)
+                    for r in m.readings
+                ]
             else:
                 items.append((m.dedup_key, m.ts))
         fresh, unknown = self.dedup.classify(items)
