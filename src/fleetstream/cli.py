@@ -192,6 +192,35 @@ async def _serve(settings: Settings, runtime: Runtime, console: Any) -> int:
 
 
 @app.command()
+def simulate(
+    target: Annotated[
+        str, typer.Option(envvar="FLEETSTREAM_SIM_TARGET", help="server to drive: http://host:port")
+    ] = "http://127.0.0.1:8000",
+    devices: Annotated[int, typer.Option(envvar="FLEETSTREAM_SIM_DEVICES", help="simulated devices")] = 100,
+    rate: Annotated[
+        float, typer.Option(envvar="FLEETSTREAM_SIM_RATE", help="messages per device per second")
+    ] = 1.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(envvar="FLEETSTREAM_SIM_DURATION", help="seconds to run (default: until Ctrl-C)"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(envvar="FLEETSTREAM_SIM_SEED", help="random seed")] = None,
+    batch: Annotated[
+        int, typer.Option(envvar="FLEETSTREAM_SIM_BATCH", help="most messages per request")
+    ] = 500,
+) -> None:
+    """Drive any fleetstream server with a simulated fleet, printing progress.
+
+    Thermostats, barometers, hygrometers, heart-rate meters and host monitors,
+    values on bounded random walks, event time from the device. Exit code 0 when
+    every message was acknowledged, 1 when some failed, 2 for bad options.
+    """
+    from fleetstream.simulator.cli import simulate as run_simulation
+
+    raise typer.Exit(run_simulation(devices, rate, target, duration, seed, batch))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"fleetstream {__version__}")

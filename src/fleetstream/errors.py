@@ -12,7 +12,8 @@
      │    └── NotFound                                         (404)
      ├── Overloaded(retry_after) a full queue: try later       (503 + Retry-After)
      ├── BusUnavailable         the log cannot take data now   (503)
-     └── StoreError             the store failed               (503)
+     ├── StoreError             the store failed               (503)
+     └── DeliveryFailed         the simulator could not deliver a batch (CLI message)
 
 Adapters translate driver errors into these at their edge; the API maps each
 to one status code and a body ``{"error": {"code", "message", "details"}}``.
@@ -96,3 +97,9 @@ class StoreError(FleetstreamError):
     """The store failed to read or write."""
 
     code = "store_error"
+
+
+class DeliveryFailed(FleetstreamError):
+    """A batch that could not be delivered: the target is unreachable or keeps failing."""
+
+    code = "delivery_failed"

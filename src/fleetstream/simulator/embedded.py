@@ -1,0 +1,30 @@
+"""The built-in fleet of ``fleetstream up``: a simulator feeding the process's own gateway."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fleetstream.simulator.simulator import Simulator
+from fleetstream.simulator.transports import InProcessTransport
+
+if TYPE_CHECKING:
+    from fleetstream.runtime import Runtime
+
+
+def add_simulator(runtime: Runtime) -> Simulator:
+    """Attach a simulator, configured by ``settings.simulator``, to a runtime's extras.
+
+    It sends through the gateway in the same process (no HTTP), starts after
+    the engine and stops (sending what it has queued) before the bus closes.
+    """
+    settings = runtime.settings.simulator
+    simulator = Simulator(
+        settings.devices,
+        settings.rate,
+        settings.seed,
+        runtime.clock,
+        InProcessTransport(runtime.gateway.submit),
+    )
+    runtime.extras.append(simulator)
+    runtime.info["simulator"] = simulator
+    return simulator

@@ -1,0 +1,195 @@
+"""A fleet of simulated devices: who they are, when each is due, and the messages they send.
+
+Pure logic, no I/O and no asyncio: time comes in as arguments, so a test
+drives a fleet with a manual clock and the :class:`~fleetstream.simulator.Simulator`
+drives it with the real one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from fleetstream.errors import ConfigError
+from fleetstream.simulator.models import HOST_CPU, HOST_MEM, HOST_TEMP, KINDS, DeviceKind, SimDevice, iso_ms
+from fleetstream.simulator.schedule import Lane
+
+Message = dict[str, Any]
+
+HEARTBEAT_EVERY_S = 15.0
+"""A host monitor's heartbeat period at rate 1 (divided by the rate)."""
+TEMPERATURE_EVERY_S = 3.0
+"""A host monitor's temperature period at rate 1 (divided by the rate)."""
+
+
+def deal_kinds(devices: int, weights: Mapping[str, float] | None = None) -> list[DeviceKind]:
+    """The kind of each device: a smooth weighted round-robin, so any prefix of the fleet is mixed.
+
+    Equal weights (the default) give plain round-robin over :data:`KINDS`.
+
+    Raises:
+        ConfigError: an unknown kind, a negative weight, or no positive weight.
+
+    Example:
+        >>> [k.key for k in deal_kinds(4, {"thermostat": 3, "host": 1})]
+        ['thermostat', 'thermostat', 'host', 'thermostat']
+    """
+    chosen = dict.fromkeys(KINDS, 1.0) if weights is None else dict(weights)
+    unknown = sorted(set(chosen) - set(KINDS))
+    if unknown:
+        msg = f"unknown device kind(s) {', '.join(unknown)}: expected some of {', '.join(KINDS)}"
+        raise ConfigError(msg)
+    if any(w < 0 for w in chosen.values()) or not any(w > 0 for w in chosen.values()):
+        msg = f"device kind weights must be >= 0 with at least one > 0, got {chosen}"
+        raise ConfigError(msg)
+    keys = [key for key in KINDS if chosen.get(key, 0) > 0]
+    total = sum(chosen[key] for key in keys)
+    credit = dict.fromkeys(keys, 0.0)
+    dealt: list[DeviceKind] = []
+    for _ in range(devices):
+        for key in keys:
+            credit[key] += chosen[key]
+        best = max(keys, key=lambda k: credit[k])  # first of equals: deterministic
+        credit[best] -= total
+        dealt.append(KINDS[best])
+    return dealt
+
+
+class Fleet:
+    """Devices of every kind, their schedule and their values.
+
+    Typed kinds send ``rate`` messages per device per second. Host monitors
+    send ``startup`` once (at the first :meth:`advance`), a heartbeat every
+    15 s and their temperature every 3 s, both periods divided by ``rate``
+    (so ``rate=2`` doubles every device's pace, hosts included). Each device
+    gets a random phase, so a fleet's load is spread over the period instead
+    of arriving at once.
+
+    Given a ``seed`` (and the same calls), the fleet's ids, phases and values
+    are the same every time.
+
+    Example:
+        >>> fleet = Fleet(2, rate=1.0, seed=7, kinds={"thermostat": 1})
+        >>> sent = fleet.advance(2.0, 1_680_033_862_000_000)
+        >>> sorted((m["device_id"], m["msg_id"]) for m in sent)[:2]
+        [('thermostat-0001', 'lfsos8ds-0'), ('thermostat-0001', 'lfsos8ds-1')]
+    """
+
+    def __init__(
+        self,
+        devices: int,
+        rate: float = 1.0,
+        seed: int | None = None,
+        kinds: Mapping[str, float] | None = None,
+    ) -> None:
+        if devices < 0:
+            msg = f"the number of devices must be >= 0, got {devices}"
+            raise ConfigError(msg)
+        if not rate > 0:
+            msg = f"the rate must be > 0 messages per device per second, got {rate}"
+            raise ConfigError(msg)
+        self.rate = rate
+        self.rng = random.Random(seed)
+        numbers: dict[str, int] = {}
+        self.devices: list[SimDevice] = []
+        for kind in deal_kinds(devices, kinds):
+            numbers[kind.key] = numbers.get(kind.key, 0) + 1
+            self.devices.append(SimDevice(f"{kind.key}-{numbers[kind.key]:04d}", kind, self.rng))
+        self.hosts = [d for d in self.devices if d.kind.envelope]
+        typed = [d for d in self.devices if not d.kind.envelope]
+
+        self.typed = self._lane(1.0 / rate, typed)
+        self.heartbeats = self._lane(HEARTBEAT_EVERY_S / rate, self.hosts)
+        self.temperatures = self._lane(TEMPERATURE_EVERY_S / rate, self.hosts)
+        # One walk per (kind, sensor), stepped at the pace its values are sent.
+        self._walks = {
+            key: [s.walk(self.typed.period_s) for s in kind.sensors]
+            for key, kind in KINDS.items()
+            if not kind.envelope
+        }
+        host = KINDS["host"].sensors
+        self._cpu = host[HOST_CPU].walk(self.heartbeats.period_s)
+        self._mem = host[HOST_MEM].walk(self.heartbeats.period_s)
+        self._temp = host[HOST_TEMP].walk(self.temperatures.period_s)
+        self._started = False
+        # Message ids are "<boot>-<seq>": seq counts from 0 per device and boot is the start time,
+        # like a device's boot counter, so a second run against the same server is not mistaken
+        # for re-sends of the first (the server dedups on the msg_id).
+        self.boot = ""
+
+    def _lane(self, period_s: float, devices: list[SimDevice]) -> Lane[SimDevice]:
+        return Lane(period_s, [(self.rng.random() * period_s, d) for d in devices])
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    @property
+    def messages_per_s(self) -> float:
+        """Messages per second the whole fleet sends on average."""
+        per_host = 1 / self.heartbeats.period_s + 1 / self.temperatures.period_s
+        return len(self.typed) / self.typed.period_s + len(self.hosts) * per_host
+
+    def advance(self, elapsed_s: float, now_us: int) -> list[Message]:
+        """The messages due before ``elapsed_s`` seconds since the start, stamped ``now_us``.
+
+        Args:
+            elapsed_s: seconds since the fleet started (a monotonic clock's difference).
+            now_us: the wall clock now (microseconds, UTC): the event time of every message.
+        """
+        ts = iso_ms(now_us)
+        out: list[Message] = []
+        if not self._started:
+            self._started = True
+            self.boot = _base36(now_us // 1000)
+            out.extend(self._envelope(d, "startup", ts, {}) for d in self.hosts)
+        rng = self.rng
+        for d in self.typed.due(elapsed_s):
+            sensor = d.kind.sensors[0]
+            d.values[0] = self._walks[d.kind.key][0].step(d.values[0], d.homes[0], rng)
+            out.append(
+                {
+                    "device_id": d.device_id,
+                    "timestamp": ts,
+                    sensor.name: sensor.shown(d.values[0]),
+                    "tag": d.kind.tag,
+                    "msg_id": f"{self.boot}-{d.next_seq()}",
+                }
+            )
+        for d in self.heartbeats.due(elapsed_s):
+            sensors, values, homes = d.kind.sensors, d.values, d.homes
+            values[HOST_CPU] = self._cpu.step(values[HOST_CPU], homes[HOST_CPU], rng)
+            values[HOST_MEM] = self._mem.step(values[HOST_MEM], homes[HOST_MEM], rng)
+            event = {
+                "cpu_usage": sensors[HOST_CPU].shown(values[HOST_CPU]),
+                "mem_usage": sensors[HOST_MEM].shown(values[HOST_MEM]),
+            }
+            out.append(self._envelope(d, "heartbeat", ts, event))
+        for d in self.temperatures.due(elapsed_s):
+            d.values[HOST_TEMP] = self._temp.step(d.values[HOST_TEMP], d.homes[HOST_TEMP], rng)
+            event = {"temperature": d.kind.sensors[HOST_TEMP].shown(d.values[HOST_TEMP])}
+            out.append(self._envelope(d, "temperature", ts, event))
+        return out
+
+    def skip(self, elapsed_s: float) -> int:
+        """Give up the occurrences due before ``elapsed_s`` (after a stall); how many were dropped."""
+        return sum(lane.skip(elapsed_s) for lane in (self.typed, self.heartbeats, self.temperatures))
+
+    def _envelope(self, device: SimDevice, kind: str, ts: str, event: dict[str, float | int]) -> Message:
+        return {
+            "device_id": device.device_id,
+            "type": kind,
+            "ts": ts,
+            "event": event,
+            "msg_id": f"{self.boot}-{device.next_seq()}",
+        }
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out

@@ -1,0 +1,270 @@
+"""The simulator: one loop that, every tick, sends what a fleet has due, in batches.
+
+There is no task or thread per device. Every ``tick_s`` the loop asks the
+:class:`~fleetstream.simulator.fleet.Fleet` for the messages due by now,
+queues them, and hands the queue to the transport in batches of at most
+``batch_size``, with at most ``max_in_flight`` batches in flight. A failed
+batch is counted, logged (at most every 10 s) and makes the loop back off; it
+never stops the simulator. While the target cannot keep up, the queue is
+bounded: the oldest messages are dropped (and counted) rather than memory
+growing without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from fleetstream.domain.clock import Clock
+from fleetstream.domain.stats import RateMeter
+from fleetstream.simulator.fleet import Fleet
+from fleetstream.simulator.transports import Transport
+
+log = logging.getLogger(__name__)
+
+_LOG_EVERY_S = 10.0
+_RATE_WINDOW_S = 5
+
+
+class Simulator:
+    """Drives a fleet of simulated devices against a transport.
+
+    Args:
+        devices: how many devices (dealt round-robin over the kinds, see ``kinds``).
+        rate: messages per device per second of typed kinds; host monitors' periods are divided by it.
+        seed: makes ids, phases and values repeatable; None draws a fresh fleet.
+        clock: gives event times (``now_us``) and the schedule's time (``monotonic``).
+        transport: where batches go; started by :meth:`start` and closed by :meth:`stop`.
+        kinds: weight per kind key (``thermostat``, ``barometer``, ``hygrometer``,
+            ``heartrate``, ``host``); None weighs every kind equally.
+        batch_size: most messages in one batch.
+        tick_s: how often the loop wakes up.
+        max_in_flight: batches being sent at once.
+        max_pending: messages queued for sending before the oldest are dropped
+            (default: 10 s of the fleet's traffic, at least 10 batches).
+        max_lag_s: after a stall (a suspended process) longer than this, the
+            missed messages are not generated at all, only counted as dropped.
+
+    Counters (messages): ``generated``; ``sent`` (handed to the transport);
+    ``acknowledged``; ``errors`` (rejected, or undeliverable after the
+    transport's retries); ``dropped`` (never sent: the target was too slow).
+    :attr:`rate` is the acknowledged messages per second of the last seconds.
+
+    Example:
+        A test drives it with a manual clock and a fake transport::
+
+            sim = Simulator(10, 1.0, 42, clock, transport)
+            await sim.start()   # or call ``tick()`` yourself after clock.advance(...)
+            ...
+            await sim.stop()
+    """
+
+    def __init__(
+        self,
+        devices: int,
+        rate: float,
+        seed: int | None,
+        clock: Clock,
+        transport: Transport,
+        *,
+        kinds: Mapping[str, float] | None = None,
+        batch_size: int = 500,
+        tick_s: float = 0.1,
+        max_in_flight: int = 4,
+        max_pending: int | None = None,
+        max_lag_s: float = 5.0,
+    ) -> None:
+        if batch_size < 1 or max_in_flight < 1 or not tick_s > 0:
+            msg = "batch_size and max_in_flight must be >= 1, tick_s > 0"
+            raise ValueError(msg)
+        self.fleet = Fleet(devices, rate, seed, kinds)
+        self.device_rate = rate
+        self.clock = clock
+        self.transport = transport
+        self.batch_size = batch_size
+        self.tick_s = tick_s
+        self.max_in_flight = max_in_flight
+        self.max_pending = max_pending or max(10 * batch_size, round(10 * self.fleet.messages_per_s))
+        self.max_lag_s = max_lag_s
+        self.generated = self.sent = self.acknowledged = self.errors = self.dropped = 0
+        self._queue: deque[dict[str, Any]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rate = RateMeter(_RATE_WINDOW_S)
+        self._first_ack: float | None = None
+        self._origin: float | None = None
+        self._until = 0.0  # elapsed time generated so far
+        self._backoff = 0.0
+        self._resume_at = 0.0
+        self._flushing = False
+        self._unlogged = 0
+        self._logged_at: float | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def rate(self) -> float:
+        """Acknowledged messages per second, over the last (up to 5) complete seconds."""
+        if self._first_ack is None:
+            return 0.0
+        now = self.clock.monotonic()
+        # The meter divides by its whole window; early on, fewer seconds have passed.
+        seconds = min(_RATE_WINDOW_S, int(now) - int(self._first_ack))
+        return self._rate.rate(now) * _RATE_WINDOW_S / seconds if seconds > 0 else 0.0
+
+    @property
+    def pending(self) -> int:
+        """Messages queued, not sent yet."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop is running."""
+        return self._loop_task is not None and not self._loop_task.done()
+
+    async def start(self) -> None:
+        """Start the transport, then the loop (the fleet's time starts now)."""
+        if self._loop_task is not None:
+            msg = "the simulator was started already"
+            raise RuntimeError(msg)
+        await self.transport.start()
+        self._loop_task = asyncio.create_task(self._loop(), name="fleetstream-simulator")
+
+    async def stop(self, flush_timeout_s: float = 10.0) -> None:
+        """Stop the loop, send what is queued (for at most ``flush_timeout_s``), close the transport."""
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.flush(flush_timeout_s)
+        finally:
+            await self.transport.close()
+
+    async def run(self, duration_s: float | None = None) -> None:
+        """Start, run for ``duration_s`` seconds of real time (None: until cancelled), then stop."""
+        await self.start()
+        try:
+            task = self._loop_task
+            assert task is not None
+            done, _ = await asyncio.wait({task}, timeout=duration_s)
+            if task in done:
+                task.result()  # the loop ends only by failing: show why
+        finally:
+            await self.stop()
+
+    async def tick(self) -> int:
+        """One pass of the loop: queue the messages due by now and send batches; how many were due."""
+        now = self.clock.monotonic()
+        if self._origin is None:
+            self._origin = now
+        elapsed = now - self._origin
+        if elapsed - self._until > self.max_lag_s:
+            skipped = self.fleet.skip(elapsed - self.max_lag_s)
+            self.dropped += skipped
+            log.warning(
+                "the simulator stalled for %.1f s: %d messages not sent", elapsed - self._until, skipped
+            )
+        messages = self.fleet.advance(elapsed, self.clock.now_us())
+        self._until = elapsed
+        self.generated += len(messages)
+        self._queue.extend(messages)
+        overflow = len(self._queue) - self.max_pending
+        if overflow > 0:
+            for _ in range(overflow):
+                self._queue.popleft()
+            self.dropped += overflow
+        self._dispatch()
+        return len(messages)
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything queued, ignoring any backoff, and wait for every batch in flight.
+
+        What is still queued after ``timeout_s`` is dropped; batches still in
+        flight are cancelled and count as errors.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        self._flushing = True
+        try:
+            while self._queue or self._tasks:
+                self._dispatch()
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+                await asyncio.wait(set(self._tasks), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._flushing = False
+        if self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._queue:
+            log.warning("dropping %d queued messages: the target did not take them in time", len(self._queue))
+            self.dropped += len(self._queue)
+            self._queue.clear()
+
+    async def _loop(self) -> None:
+        next_tick = self.clock.monotonic()
+        while True:
+            await self.tick()
+            next_tick += self.tick_s
+            delay = next_tick - self.clock.monotonic()
+            if not 0 <= delay <= self.tick_s:  # behind (a slow tick) or the clock jumped: resync
+                next_tick = self.clock.monotonic() + self.tick_s
+                delay = self.tick_s if delay > 0 else 0.0
+            await asyncio.sleep(delay)
+
+    def _dispatch(self) -> None:
+        if not self._flushing and self.clock.monotonic() < self._resume_at:
+            return
+        loop = asyncio.get_running_loop()
+        while self._queue and len(self._tasks) < self.max_in_flight:
+            n = min(self.batch_size, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            self.sent += n
+            task = loop.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._queue and (self.running or self._flushing):
+            self._dispatch()
+
+    async def _send(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            await self.transport.send(batch)
+        except asyncio.CancelledError:
+            self.errors += len(batch)
+            raise
+        except Exception as exc:  # whatever a transport raises, the simulator carries on
+            self.errors += len(batch)
+            self._failed(exc, len(batch))
+        else:
+            now = self.clock.monotonic()
+            self.acknowledged += len(batch)
+            self._rate.add(len(batch), now)
+            if self._first_ack is None:
+                self._first_ack = now
+            self._backoff = 0.0
+
+    def _failed(self, exc: Exception, n: int) -> None:
+        now = self.clock.monotonic()
+        self._backoff = min(10.0, max(0.5, self._backoff * 2))
+        self._resume_at = now + self._backoff
+        self._unlogged += n
+        if self._logged_at is None or now - self._logged_at >= _LOG_EVERY_S:
+            log.warning(
+                "could not deliver %d messages (%s: %s); pausing sends for %.1f s",
+                self._unlogged,
+                type(exc).__name__,
+                exc,
+                self._backoff,
+            )
+            self._unlogged = 0
+            self._logged_at = now

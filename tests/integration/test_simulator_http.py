@@ -1,0 +1,211 @@
+"""The simulator over real HTTP: a tiny receiver on 127.0.0.1 records what arrives and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+
+from fleetstream.domain.clock import SystemClock
+from fleetstream.errors import Overloaded
+from fleetstream.ingest.decode import decode_body
+from fleetstream.ingest.formats import DecodeContext
+from fleetstream.simulator import DeliveryFailed, HttpTransport, Simulator
+from fleetstream.simulator.cli import simulate
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+
+@dataclass
+class Receiver:
+    """An HTTP/1.1 server (keep-alive, Content-Length bodies) answering ``script`` first, then ``status``."""
+
+    script: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
+    status: int = 202
+    answer: bytes = b"{}"
+    requests: list[Request] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def accepted(self) -> list[bytes]:
+        return [r.body for r in self.requests if r.status == 202]
+
+    async def serve(self, ready: threading.Event, stop: asyncio.Event) -> None:
+        writers: set[asyncio.StreamWriter] = set()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.add(writer)
+            try:
+                while line := await reader.readline():
+                    method, path, _ = line.decode().split(" ", 2)
+                    headers: dict[str, str] = {}
+                    while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                        name, _, value = header.decode().partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                    body = await reader.readexactly(int(headers.get("content-length", "0")))
+                    status, extra, answer = (
+                        self.script.pop(0) if self.script else (self.status, {}, self.answer)
+                    )
+                    self.requests.append(Request(method, path, headers, body, status))
+                    head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(answer)}"]
+                    head += [f"{k}: {v}" for k, v in extra.items()]
+                    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + answer)
+                    await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writers.discard(writer)
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        async with server:
+            await stop.wait()
+            server.close()
+            for writer in list(writers):
+                writer.close()
+            await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def receiver(
+    *script: tuple[int, dict[str, str], bytes], status: int = 202, answer: bytes = b"{}"
+) -> Iterator[Receiver]:
+    """A receiver in a thread of its own (so a caller may run its own event loop), stopped at the end."""
+    rx = Receiver(list(script), status, answer)
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(rx.serve(ready, stop),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10), "the receiver did not start"
+        yield rx
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+def decoded_items(bodies: list[bytes]) -> list[dict[str, object]]:
+    """Every item of the bodies, after checking the server's decoder accepts each one."""
+    items: list[dict[str, object]] = []
+    ctx = DecodeContext(SystemClock().now_us(), 0)
+    for body in bodies:
+        decoded = decode_body(body, "json", ctx, max_items=10_000)
+        assert decoded.rejected == []
+        assert len(decoded.messages) == decoded.items
+        items.extend(msgspec.json.decode(body))
+    return items
+
+
+def test_a_fleet_over_http_is_received_whole_and_a_503_is_retried() -> None:
+    with receiver((503, {"Retry-After": "0"}, b'{"error": {"code": "overloaded"}}')) as rx:
+        transport = HttpTransport(rx.url, backoff_s=0.01)
+        sim = Simulator(50, 5.0, 7, SystemClock(), transport, batch_size=100)
+        asyncio.run(sim.run(1.0))
+
+    assert {(r.method, r.path) for r in rx.requests} == {("POST", "/api/v1/telemetry")}
+    assert {r.headers["content-type"] for r in rx.requests} == {"application/json"}
+    first = rx.requests[0]
+    assert first.status == 503
+    assert [r.status for r in rx.requests if r.body == first.body] == [503, 202]  # the same batch again
+    items = decoded_items(rx.accepted())
+    assert all(len(msgspec.json.decode(body)) <= 100 for body in rx.accepted())
+    assert (sim.errors, sim.dropped) == (0, 0)
+    assert sim.sent == sim.acknowledged == sim.generated == len(items)
+    assert len({(m["device_id"], m["msg_id"]) for m in items}) == len(items)
+    # 40 typed devices at 5/s, 10 hosts: startup, temperature every 0.6 s, heartbeat every 3 s
+    assert 100 <= len(items) <= 300
+
+
+def test_a_client_error_fails_the_batch_without_retry_and_is_explained_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fleetstream.simulator")
+    with receiver(status=401, answer=b'{"error": {"code": "unauthorized", "message": "no token"}}') as rx:
+        transport = HttpTransport(rx.url, backoff_s=0.01)
+        sim = Simulator(10, 5.0, 1, SystemClock(), transport, kinds={"thermostat": 1})
+        asyncio.run(sim.run(1.2))  # fails at ~0.1 s, backs off 0.5 s, fails again, backs off 1 s
+
+    bodies = [r.body for r in rx.requests]
+    assert len(bodies) >= 2
+    assert len(bodies) == len(set(bodies))  # nothing was sent twice
+    assert sim.errors == sim.sent == sum(len(msgspec.json.decode(b)) for b in bodies)
+    assert sim.acknowledged == 0
+    explained = [r for r in caplog.records if "no token" in r.getMessage()]
+    assert len(explained) == 1
+
+
+def test_an_unreachable_or_overloaded_target_is_retried_then_counted_not_raised() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+
+    async def unreachable() -> Simulator:
+        transport = HttpTransport(f"http://127.0.0.1:{closed_port}", max_retries=2, backoff_s=0.01)
+        await transport.start()
+        try:
+            with pytest.raises(DeliveryFailed, match="3 attempts"):
+                await transport.send([{"device_id": "a", "seq": 0}])
+        finally:
+            await transport.close()
+        fast = HttpTransport(f"http://127.0.0.1:{closed_port}", max_retries=2, backoff_s=0.01)
+        sim = Simulator(10, 5.0, 1, SystemClock(), fast)
+        await sim.run(0.3)
+        return sim
+
+    sim = asyncio.run(unreachable())
+    assert sim.acknowledged == 0
+    assert sim.errors + sim.dropped == sim.generated > 0
+
+    async def overloaded(url: str) -> None:
+        transport = HttpTransport(url, max_retries=1)
+        await transport.start()
+        try:
+            with pytest.raises(Overloaded):
+                await transport.send([{"device_id": "a", "seq": 0}])
+        finally:
+            await transport.close()
+
+    with receiver(status=429) as rx:
+        asyncio.run(overloaded(rx.url))
+    assert [r.status for r in rx.requests] == [429, 429]
+
+
+def test_simulate_runs_against_a_target_and_prints_progress_and_a_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with receiver() as rx:
+        code = simulate(devices=20, rate=5.0, target=rx.url, duration=5.5, seed=1, batch=50)
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("simulating 20 devices")
+    assert "sent " in lines[1]  # the plain progress line, every 5 s when not a terminal
+    assert "errors 0" in lines[1]
+    assert lines[-1].startswith("done after")
+    items = decoded_items(rx.accepted())
+    assert f"acknowledged {len(items):,}," in lines[-1]
