@@ -25,7 +25,7 @@ def render(runtime: Runtime, url: str) -> Table:
     rate = engine.rate.rate(runtime.clock.monotonic())
     title = (
         f"fleetstream at {url} · {rate:,.0f} readings/s · {engine.stats.readings_total:,} readings · "
-        f"{len(engine.stats.devices):,} device sensors · {engine.dedup.duplicates_total:,} duplicates"
+        f"{len(engine.stats.device_ids):,} devices · {engine.dedup.duplicates_total:,} duplicates"
     )
     table = Table(title=title, title_justify="left", expand=False)
     for name, justify in (

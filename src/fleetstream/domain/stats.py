@@ -128,6 +128,7 @@ class LiveStats:
     def __init__(self) -> None:
         self.sensors: dict[str, RunningStats] = {}
         self.devices: dict[tuple[str, str], RunningStats] = {}
+        self.device_ids: set[str] = set()
         self.readings_total = 0
 
     def on_readings(self, readings: Iterable[Reading]) -> None:
@@ -144,9 +145,7 @@ class LiveStats:
             d = devices.get(key)
             if d is None:
                 d = devices[key] = RunningStats()
+                self.device_ids.add(r.device_id)
             d.add(r.value, r.ts)
         self.readings_total += n
 
-    def device_ids(self) -> set[str]:
-        """Every device that has sent a reading."""
-        return {device for device, _ in self.devices}

@@ -197,9 +197,12 @@ async def live_stats(
     if devices or per_device:
         rows: dict[str, dict[str, Any]] = {}
         count = 0
-        for (dev, sen), s in sorted(engine.stats.devices.items()):
-            if (devices and dev not in devices) or (sensors and sen not in sensors):
-                continue
+        chosen = [
+            (key, s)
+            for key, s in engine.stats.devices.items()
+            if (not devices or key[0] in devices) and (not sensors or key[1] in sensors)
+        ]
+        for (dev, sen), s in sorted(chosen, key=lambda item: item[0]):
             if count >= limit:
                 body["truncated"] = True
                 break
@@ -222,7 +225,7 @@ def ingest_counters(runtime: Any) -> dict[str, Any]:
         "rate_per_s": round(engine.rate.rate(runtime.clock.monotonic()), 1),
         "readings_total": engine.stats.readings_total,
         "messages_total": engine.messages_total,
-        "devices": len({d for d, _ in engine.stats.devices}),
+        "devices": len(engine.stats.device_ids),
         "duplicates_total": engine.dedup.duplicates_total,
         "rejected_total": runtime.gateway.rejected_total,
         "requests_total": runtime.gateway.requests_total,
