@@ -143,6 +143,9 @@ class _Server(uvicorn.Server):
         self.runtime.hub.close()
         await super().shutdown(sockets)
         await self.on_stopped()
+        # A stop that stored everything is a success: exit 0 rather than dying by the re-raised
+        # SIGTERM/SIGINT (which process supervisors report as a failure).
+        self._captured_signals.clear()
 
 
 async def _serve(settings: Settings, runtime: Runtime, console: Any) -> int:

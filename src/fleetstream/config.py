@@ -117,6 +117,12 @@ def load_settings(**overrides: Any) -> Settings:
         msg = f"invalid settings: {problems}"
         raise ConfigError(msg) from None
     _check_bind(settings)
+    if settings.ingest.queue_max_records < settings.ingest.max_batch_items:
+        msg = (
+            f"ingest.queue_max_records ({settings.ingest.queue_max_records}) must be at least "
+            f"ingest.max_batch_items ({settings.ingest.max_batch_items}): a full batch could never be queued"
+        )
+        raise ConfigError(msg)
     return settings
 
 

@@ -55,3 +55,8 @@ def test_non_loopback_bind_needs_explicit_consent() -> None:
 
 def test_store_url_defaults_under_data_dir() -> None:
     assert load_settings(data="x/y").store_url == "duckdb:///x/y/fleetstream.duckdb"
+
+
+def test_queue_must_hold_a_whole_batch() -> None:
+    with pytest.raises(ConfigError, match="queue_max_records .* must be at least"):
+        load_settings(ingest={"queue_max_records": 10, "max_batch_items": 100})

@@ -148,4 +148,3 @@ class LiveStats:
                 self.device_ids.add(r.device_id)
             d.add(r.value, r.ts)
         self.readings_total += n
-

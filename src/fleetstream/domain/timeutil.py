@@ -18,6 +18,22 @@ def datetime_to_us(dt: datetime) -> int:
     return (dt - EPOCH) // _US
 
 
+# What ``datetime`` (and so RFC 3339 text) can show: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z.
+# A time outside, e.g. "0001-01-01T00:00:00+05:00", is refused at the edge: it could be stored
+# but never shown again.
+MIN_US = datetime_to_us(datetime.min.replace(tzinfo=UTC))
+MAX_US = datetime_to_us(datetime.max.replace(tzinfo=UTC))
+
+
+def in_range(us: int) -> bool:
+    """Whether ``us`` is between :data:`MIN_US` and :data:`MAX_US`.
+
+    >>> in_range(0), in_range(MIN_US - 1)
+    (True, False)
+    """
+    return MIN_US <= us <= MAX_US
+
+
 def us_to_datetime(us: int) -> datetime:
     """The aware UTC datetime of a microsecond timestamp."""
     return EPOCH + timedelta(microseconds=us)
@@ -30,7 +46,7 @@ def us_to_iso(us: int) -> str:
     ('2023-03-28T20:04:22Z', '2023-03-28T20:04:22.500000Z')
     """
     dt = us_to_datetime(us)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    text = dt.replace(tzinfo=None, microsecond=0).isoformat()  # strftime("%Y") drops the zeros of year 1
     if dt.microsecond:
         text += f".{dt.microsecond:06d}"
     return text + "Z"
@@ -69,4 +85,8 @@ def parse_time(text: str) -> int:
             msg = f'"{text}" has no UTC offset: add "Z" or "+00:00"'
             raise ValueError(msg)
         dt = dt.replace(tzinfo=UTC)
-    return datetime_to_us(dt)
+    us = datetime_to_us(dt)
+    if not in_range(us):
+        msg = f'"{text}" is outside 0001-01-01 to 9999-12-31 UTC'
+        raise ValueError(msg)
+    return us

@@ -86,7 +86,10 @@ def _time(item: _Canonical | _Typed, ctx: DecodeContext) -> int:
     if isinstance(raw, datetime):
         if raw.tzinfo is None:
             raise _NotFast
-        us = int(raw.timestamp()) * 1_000_000 + raw.microsecond
+        seconds = raw.timestamp()
+        if seconds < 0:  # int() rounds toward zero, a second late before 1970: the general path is exact
+            raise _NotFast
+        us = int(seconds) * 1_000_000 + raw.microsecond
     elif isinstance(raw, int | float) and math.isfinite(raw) and raw >= 0:
         magnitude = abs(raw)
         us = round(

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from fleetstream.domain.records import DEVICE_ID_RULE, is_valid_device_id
-from fleetstream.domain.timeutil import datetime_to_us, epoch_number_to_us
+from fleetstream.domain.timeutil import datetime_to_us, epoch_number_to_us, in_range
 from fleetstream.errors import InvalidReading
 
 Item = dict[str, Any]
@@ -132,4 +132,6 @@ def _parse_timestamp(field: str, raw: Any, received_at: int, max_future_us: int)
     if ts - received_at > max_future_us:
         hours = max_future_us / 3_600_000_000
         fail(field, f"{shown(raw)} is more than {hours:g} h ahead of the server clock")
+    if not in_range(ts):
+        fail(field, f"{shown(raw)} is outside 0001-01-01 to 9999-12-31 UTC")
     return ts

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from fleetstream.api.deps import EngineDep, StoreDep
-from fleetstream.domain.timeutil import parse_time, us_to_iso
+from fleetstream.domain.timeutil import MIN_US, parse_time, us_to_iso
 from fleetstream.errors import InvalidInput
 from fleetstream.ingest.devicetypes import known_sensors
 from fleetstream.ports import MetricsQuery
@@ -62,7 +62,7 @@ async def get_metrics(
     data has `count` 0 and null aggregates."""
     runtime = request.app.state.runtime
     end = time_param("to", to, runtime.clock.now_us())
-    start = time_param("from", from_, end - HOUR_US)
+    start = time_param("from", from_, max(end - HOUR_US, MIN_US))
     if start > end:
         msg = f"from ({us_to_iso(start)}) is after to ({us_to_iso(end)})"
         raise InvalidInput(msg)
@@ -155,6 +155,8 @@ async def compute_metrics(request: Request, store: StoreDep, engine: EngineDep) 
                 errors.append(f"Unexpected metric {metric} to compute for the sensor {key}")
         if metrics:
             wanted[key] = metrics
+        elif not value:
+            errors.append(f"No metric to compute for the sensor {key}")
     if not wanted:
         return _compute_error(errors)
     aggs = tuple(dict.fromkeys(COMPUTE_METRICS[m] for ms in wanted.values() for m in ms))
@@ -196,18 +198,18 @@ async def live_stats(
     }
     if devices or per_device:
         rows: dict[str, dict[str, Any]] = {}
-        count = 0
-        chosen = [
-            (key, s)
-            for key, s in engine.stats.devices.items()
-            if (not devices or key[0] in devices) and (not sensors or key[1] in sensors)
-        ]
-        for (dev, sen), s in sorted(chosen, key=lambda item: item[0]):
-            if count >= limit:
-                body["truncated"] = True
-                break
+        chosen = sorted(
+            (
+                (key, s)
+                for key, s in engine.stats.devices.items()
+                if (not devices or key[0] in devices) and (not sensors or key[1] in sensors)
+            ),
+            key=lambda item: item[0],
+        )
+        if len(chosen) > limit:
+            body["truncated"] = True
+        for (dev, sen), s in chosen[:limit]:
             rows.setdefault(dev, {})[sen] = _stats(s.as_dict())
-            count += 1
         body["devices"] = rows
     return Response(msgspec.json.encode(body), media_type="application/json")
 

@@ -31,7 +31,10 @@ class EnvelopeFormat:
     )
 
     def matches(self, item: dict[str, Any]) -> bool:
-        return "type" in item and ("event" in item or item.get("type") == "startup")
+        if "type" not in item:
+            return False
+        kind = item["type"]  # any case, as decode() takes it: "Startup" is a startup too
+        return "event" in item or (isinstance(kind, str) and kind.lower() == "startup")
 
     def decode(self, item: dict[str, Any], ctx: DecodeContext) -> DeviceMessage:
         kind = item.get("type")
