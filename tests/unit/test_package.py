@@ -58,5 +58,5 @@ def test_store_url_defaults_under_data_dir() -> None:
 
 
 def test_queue_must_hold_a_whole_batch() -> None:
-    with pytest.raises(ConfigError, match="queue_max_records .* must be at least"):
+    with pytest.raises(ConfigError, match=r"queue_max_records .* must be at least"):
         load_settings(ingest={"queue_max_records": 10, "max_batch_items": 100})
