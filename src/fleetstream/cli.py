@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import socket
 import sys
@@ -158,6 +159,13 @@ async def _serve(settings: Settings, runtime: Runtime, console: Any) -> int:
         typer.secho(f"error: {exc.message}", err=True, fg=typer.colors.RED)
         await runtime.stop()
         return 2
+    # Everything alive now (modules, settings, adapters) lives as long as the process: move it out of
+    # the collector's sight, and collect young objects less often. Ingest allocates a few objects
+    # per reading, nearly all freed by reference counting; the default thresholds made the cyclic
+    # collector cost about a quarter of ingest throughput.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     app = create_app(settings, runtime=runtime)
     config = uvicorn.Config(
         app,

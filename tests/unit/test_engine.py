@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from fleetstream.adapters.bus.memory import MemoryBus
 from fleetstream.config import Settings
+from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.records import DeviceMessage, Reading
 from fleetstream.engine.fanout import Hub
 from fleetstream.errors import BusUnavailable, Overloaded, StoreError
-from fleetstream.testing import Harness
+from fleetstream.runtime import Runtime
+from fleetstream.testing import Harness, InMemoryStore
 
 T0 = "2023-11-14T22:13:20Z"
 
@@ -93,7 +97,50 @@ def test_a_failed_write_fails_the_request_and_the_retry_is_not_a_duplicate() -> 
             result = await h.post([reading("a", 0, 1.0)])
             assert result.accepted == 1
             assert len(h.store.readings) == 1
-            assert h.store.messages[0].seq == 1
+            assert h.store.messages[0].seq >= 1  # the failed batch's numbers are not reused
+
+    run(scenario())
+
+
+def test_a_failed_write_also_fails_the_overlapping_batch_that_deduplicated_against_it() -> None:
+    """Batch 2 is deduplicated while batch 1 is still being written; batch 1's write fails. The
+    re-send of batch 1's reading inside batch 2 was dropped as a duplicate, so batch 2's sender must
+    not get a 202: it gets the error, retries, and the reading is stored exactly once."""
+
+    class SlowFirstWrite(InMemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+            self.calls = 0
+
+        async def write(self, messages: Sequence[DeviceMessage]) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                await self.release.wait()
+                raise OSError("disk full")
+            await super().write(messages)
+
+    async def scenario() -> None:
+        store = SlowFirstWrite()
+        settings = Settings(simulator={"enabled": False})
+        runtime = Runtime(settings, bus=MemoryBus(), store=store, clock=ManualClock(1_700_000_000_000_000))
+        await runtime.start()
+        gateway = runtime.gateway
+
+        async def post(items: list[dict[str, Any]]) -> Any:
+            return await gateway.ingest(json.dumps(items).encode(), "application/json")
+
+        first = asyncio.create_task(post([reading("a", 0, 1.0)]))
+        await asyncio.sleep(0.01)  # batch 1 is being written
+        second = asyncio.create_task(post([reading("a", 0, 1.0), reading("b", 0, 2.0)]))
+        await asyncio.sleep(0.01)  # batch 2 deduplicated (a/0 dropped) and written
+        store.release.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in results), results
+        retry = await post([reading("a", 0, 1.0), reading("b", 0, 2.0)])
+        assert retry.accepted == 2
+        assert sorted((r.device_id, r.value) for r in store.readings) == [("a", 1.0), ("b", 2.0)]
+        await runtime.stop()
 
     run(scenario())
 

@@ -14,29 +14,35 @@ from fleetstream.ports import Store
 from fleetstream.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_settings(request: Request) -> Settings:
-    return get_runtime(request).settings
+# Dependencies are ``async def``: FastAPI runs plain ``def`` ones in a thread pool, a thread hop
+# per dependency per request on the ingest hot path.
+async def get_runtime(request: Request) -> Runtime:
+    return _runtime(request)
 
 
-def get_store(request: Request) -> Store:
-    return get_runtime(request).store
+async def get_settings(request: Request) -> Settings:
+    return _runtime(request).settings
 
 
-def get_gateway(request: Request) -> Gateway:
-    return get_runtime(request).gateway
+async def get_store(request: Request) -> Store:
+    return _runtime(request).store
 
 
-def get_engine(request: Request) -> Engine:
-    return get_runtime(request).engine
+async def get_gateway(request: Request) -> Gateway:
+    return _runtime(request).gateway
 
 
-def get_hub(request: Request) -> Hub:
-    return get_runtime(request).hub
+async def get_engine(request: Request) -> Engine:
+    return _runtime(request).engine
+
+
+async def get_hub(request: Request) -> Hub:
+    return _runtime(request).hub
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -49,11 +49,13 @@ class Engine:
         self.messages_total = 0
         self.failed_batches = 0
         self._seq = 0
+        self._durable = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Restore the log position and the dedup memory from the store, then start consuming."""
         self._seq, newest = await self.store.log_position()
+        self._durable = self._seq
         if newest is not None:
             self.dedup.remember(await self.store.recent_keys(newest - self.dedup.horizon_us))
         self.sensors_seen = await self.store.sensors()
@@ -75,29 +77,72 @@ class Engine:
     @property
     def position(self) -> int:
         """Ingest sequence number of the last durable message."""
-        return self._seq
+        return self._durable
 
     async def _run(self, batches: AsyncIterator[BusBatch]) -> None:
+        # Two batches in flight: while one is written (DuckDB works on its own thread), the next is
+        # taken and deduplicated on the loop. Writes run in order on the store's single writer
+        # thread, and acknowledgements are given in the same order.
+        previous: asyncio.Task[bool] | None = None
         async for batch in batches:
-            first_seq = self._seq
             remembered: list[DedupKey] = []
             try:
                 fresh = await self._deduplicate(batch.records, remembered)
-                for message in fresh:
-                    self._seq += 1
-                    message.seq = self._seq
-                if fresh:
-                    await self.store.write(fresh)
             except Exception as exc:
-                self._seq = first_seq
                 self.dedup.forget(remembered)
-                self.failed_batches += 1
-                log.exception("storing a batch of %d messages failed", len(batch.records))
-                error = exc if isinstance(exc, FleetstreamError) else StoreError(f"storing failed: {exc}")
-                await batch.fail(error)
+                await self._fail(batch, exc)
                 continue
-            await batch.commit()
+            for message in fresh:
+                self._seq += 1
+                message.seq = self._seq
+            overlapped = previous is not None and not previous.done()
+            task = asyncio.create_task(self._store(batch, fresh, remembered, previous, overlapped))
+            if previous is not None:
+                await asyncio.wait([previous])
+            previous = task
+        if previous is not None:
+            await asyncio.wait([previous])
+
+    async def _store(
+        self,
+        batch: BusBatch,
+        fresh: list[DeviceMessage],
+        remembered: list[DedupKey],
+        previous: asyncio.Task[bool] | None,
+        overlapped: bool,
+    ) -> bool:
+        """Write, then (after the previous batch) acknowledge; True when the senders got their ack.
+
+        A batch deduplicated while the previous one was still being written may have dropped
+        re-sends of that batch's readings; if that write failed, this batch's senders get the
+        error too (its own readings stay stored and remembered), so their retry brings the dropped
+        readings back.
+        """
+        try:
+            if fresh:
+                await self.store.write(fresh)
+        except Exception as exc:
+            self.dedup.forget(remembered)
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self._fail(batch, exc)
+            return False
+        previous_ok = True if previous is None else await previous
+        self._durable = max(self._durable, max((m.seq for m in fresh), default=0))
+        if overlapped and not previous_ok:
+            msg = "an earlier batch failed to be stored; retry (what was stored is deduplicated)"
+            await batch.fail(StoreError(msg))
             self._after_commit(fresh)
+            return False
+        await batch.commit()
+        self._after_commit(fresh)
+        return True
+
+    async def _fail(self, batch: BusBatch, exc: BaseException) -> None:
+        self.failed_batches += 1
+        log.error("storing a batch of %d messages failed: %s", len(batch.records), exc)
+        error = exc if isinstance(exc, FleetstreamError) else StoreError(f"storing failed: {exc}")
+        await batch.fail(error)
 
     async def _deduplicate(
         self, messages: Sequence[DeviceMessage], remembered: list[DedupKey]
