@@ -43,6 +43,9 @@ KNOWN_UNITS: dict[str, str] = {
 
 def by_tag(tag: str) -> DeviceType | None:
     """The built-in type a message tag names, if any."""
+    exact = BUILT_IN.get(tag)  # the common spelling, without normalising (once per message)
+    if exact is not None:
+        return exact
     return _TAGS.get(tag.replace(" ", "").replace("_", "").replace("-", "").lower())
 
 

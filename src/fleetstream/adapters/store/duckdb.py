@@ -321,24 +321,24 @@ def _empty(names: list[str]) -> dict[str, Any]:
 
 def _to_arrow(messages: Sequence[DeviceMessage]) -> tuple[pa.Table | None, pa.Table | None]:
     # Column by column with comprehensions: about twice as fast as appending row by row.
-    rows = [(m, r) for m in messages for r in m.readings]
+    readings = [r for m in messages for r in m.readings]
     bare = [m for m in messages if not m.readings]
-    readings = (
+    table = (
         pa.Table.from_arrays(
             [
-                pa.array([m.seq for m, _ in rows], pa.int64()),
-                pa.array([r.device_id for _, r in rows], pa.string()),
-                pa.array([r.ts for _, r in rows], pa.timestamp("us")),
-                pa.array([r.sensor for _, r in rows], pa.string()),
-                pa.array([r.value for _, r in rows], pa.float64()),
-                pa.array([r.unit for _, r in rows], pa.string()),
-                pa.array([r.device_type for _, r in rows], pa.string()),
-                pa.array([r.msg_id for _, r in rows], pa.string()),
-                pa.array([m.received_at for m, _ in rows], pa.timestamp("us")),
+                pa.array([m.seq for m in messages for _ in m.readings], pa.int64()),
+                pa.array([r.device_id for r in readings], pa.string()),
+                pa.array([r.ts for r in readings], pa.timestamp("us")),
+                pa.array([r.sensor for r in readings], pa.string()),
+                pa.array([r.value for r in readings], pa.float64()),
+                pa.array([r.unit for r in readings], pa.string()),
+                pa.array([r.device_type for r in readings], pa.string()),
+                pa.array([r.msg_id for r in readings], pa.string()),
+                pa.array([m.received_at for m in messages for _ in m.readings], pa.timestamp("us")),
             ],
             schema=_READINGS_SCHEMA,
         )
-        if rows
+        if readings
         else None
     )
     bare_table = (
@@ -357,4 +357,4 @@ def _to_arrow(messages: Sequence[DeviceMessage]) -> tuple[pa.Table | None, pa.Ta
         if bare
         else None
     )
-    return readings, bare_table
+    return table, bare_table
