@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from fleetstream import __version__
 from fleetstream.api import errors
+from fleetstream.api.fastlane import IngestFastLane
 from fleetstream.api.routes import ingest, live, ops, query
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock
@@ -66,6 +67,7 @@ def create_app(
     app = FastAPI(title="fleetstream", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = rt
     errors.install(app)
+    app.add_middleware(IngestFastLane, runtime=rt)
     for module in (ingest, query, live, ops):
         app.include_router(module.router)
 

@@ -49,18 +49,24 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+def error_response(exc: FleetstreamError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers (``Retry-After`` on 503) of an error."""
+    status = status_of(exc)
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    elif status == 503:
+        headers["Retry-After"] = "1"
+    return status, error_body(exc.code, exc.message, exc.details), headers
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers."""
 
     @app.exception_handler(FleetstreamError)
     async def _fleetstream(request: Request, exc: FleetstreamError) -> JSONResponse:
-        status = status_of(exc)
-        headers = {}
-        if isinstance(exc, Overloaded):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        elif status == 503:
-            headers["Retry-After"] = "1"
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), status, headers=headers)
+        status, body, headers = error_response(exc)
+        return JSONResponse(body, status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,6 +11,7 @@ from fleetstream.api.deps import GatewayDep, SettingsDep
 from fleetstream.domain.records import DEVICE_ID_RULE, is_valid_device_id
 from fleetstream.errors import InvalidReading, PayloadTooLarge
 from fleetstream.ingest.formats import FORMATS
+from fleetstream.ingest.gateway import IngestResult
 
 router = APIRouter(tags=["ingest"])
 
@@ -73,13 +74,18 @@ async def _ingest(
 ) -> Response:
     body = await read_body(request, settings.ingest.max_body_bytes)
     result = await gateway.ingest(body, request.headers.get("content-type"), device_id)
+    status, content = ingest_answer(result)
+    return Response(content, status, media_type="application/json")
+
+
+def ingest_answer(result: IngestResult) -> tuple[int, bytes]:
+    """202 with accepted and rejected, or 422 with the same body when nothing was accepted."""
     content = result.as_dict()
-    status = 202
-    if result.accepted == 0:
-        status = 422
-        reason = "the batch is empty" if result.items == 0 else "no valid message in the request"
-        content["error"] = {"code": "invalid_reading", "message": reason, "details": None}
-    return Response(msgspec.json.encode(content), status, media_type="application/json")
+    if result.accepted:
+        return 202, msgspec.json.encode(content)
+    reason = "the batch is empty" if result.items == 0 else "no valid message in the request"
+    content["error"] = {"code": "invalid_reading", "message": reason, "details": None}
+    return 422, msgspec.json.encode(content)
 
 
 @router.post(
