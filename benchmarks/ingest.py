@@ -62,6 +62,7 @@ class Run:
     result: dict[str, Any]
     server_cpu: tuple[CpuSample, CpuSample] | None
     stored: int | None = None
+    peak_rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -112,7 +113,18 @@ def run_load(server: Server, args: argparse.Namespace, path: str, log: Path) -> 
     if result is None:
         raise RuntimeError(f"the load process gave no result (exit {load.returncode}); see {log}")
     cpu = (samples[0], samples[1]) if len(samples) == 2 else None
-    return Run(server.name, result, cpu)
+    return Run(server.name, result, cpu, peak_rss_mb=peak_rss_mb(server.pid))
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The server's peak resident memory so far (VmHWM), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def start_profiler(pid: int, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
@@ -124,7 +136,7 @@ def start_profiler(pid: int, args: argparse.Namespace) -> subprocess.Popen[bytes
     out = Path(args.profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)), "--rate", "200",
-           "--threads", "--nonblocking", "--output", str(out)]  # fmt: skip
+           "--threads", "--nonblocking", "--output", str(out), *(["--gil"] if args.gil else [])]  # fmt: skip
     if out.suffix != ".svg":
         cmd += ["--format", "speedscope" if out.suffix == ".json" else "raw"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -193,6 +205,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> bool:
             f"{run.target} #{seen[run.target]}", fmt(r["readings_per_s"]), fmt(r["requests_per_s"]),
             fmt(r["p50_ms"], 1), fmt(r["p99_ms"], 1), errors_of(run),
             f"{fmt(main)} + {fmt(others)}", fmt(r["loadgen_cpu_pct"]),
+            fmt(run.peak_rss_mb) if run.peak_rss_mb is not None else "-",
         ])  # fmt: skip
     headers = [
         "target",
@@ -203,6 +216,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> bool:
         "errors",
         "server CPU % (loop + other threads)",
         "load CPU %",
+        "server peak RSS MB",
     ]
     print("\nEach run:\n" + table(headers, rows))
     seen = {}
@@ -278,6 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs of each target, medians reported (default 1)")
     p.add_argument("--only", choices=("both", "bare", "fleetstream"), default="both")
     p.add_argument("--profile", metavar="OUT", help="py-spy record the fleetstream server (.svg/.json)")
+    p.add_argument("--gil", action="store_true", help="with --profile: only samples holding the GIL")
     p.add_argument("--keep", action="store_true", help="keep the DuckDB data and logs under benchmarks/out/")
     return p.parse_args(argv)
 

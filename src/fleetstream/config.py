@@ -46,8 +46,11 @@ class EngineSettings(_Group):
     """How the stream processors are driven."""
 
     batch_max_records: int = Field(50_000, gt=0, description="most messages made durable in one group commit")
+    writes_in_flight: int = Field(
+        2, ge=1, le=16, description="batches deduplicated and queued for the store while one is written"
+    )
     dedup_horizon_s: float = Field(
-        120.0, gt=0, description="event time kept in memory for dedup; older re-sends ask the store"
+        35.0, gt=0, description="event time kept in memory for dedup; older re-sends ask the store"
     )
 
 

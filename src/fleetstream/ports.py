@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fleetstream.domain.records import DedupKey, DeviceMessage
+from fleetstream.domain.batch import Batch
+from fleetstream.domain.records import DedupKey
 
 READINGS_TOPIC = "readings"
 """The topic of device messages, keyed by device id."""
@@ -20,8 +21,8 @@ class BusBatch(Protocol):
     """Records handed to one consumer, to be committed once processed."""
 
     @property
-    def records(self) -> Sequence[DeviceMessage]:
-        """The records, in log order."""
+    def batch(self) -> Batch:
+        """The records (every published batch taken, joined), in log order."""
         ...
 
     async def commit(self) -> None:
@@ -49,8 +50,8 @@ class Bus(Protocol):
         """Disconnect; pending publishes fail."""
         ...
 
-    async def publish(self, topic: str, records: Sequence[DeviceMessage]) -> None:
-        """Append records (keyed by device id); return once durable.
+    async def publish(self, topic: str, batch: Batch) -> None:
+        """Append a batch of records (keyed by device id); return once durable.
 
         Raises:
             Overloaded: the log cannot take more now (retry later).
@@ -59,7 +60,8 @@ class Bus(Protocol):
         ...
 
     def subscribe(self, topic: str, group: str, max_records: int) -> AsyncIterator[BusBatch]:
-        """Batches of at most ``max_records`` records for one consumer of ``group``."""
+        """Batches of about ``max_records`` records (at least one published batch) for one consumer of
+        ``group``."""
         ...
 
 
@@ -86,8 +88,8 @@ class Store(Protocol):
         """Flush and close."""
         ...
 
-    async def write(self, messages: Sequence[DeviceMessage]) -> None:
-        """Store messages (their readings and events) in one durable transaction."""
+    async def write(self, batch: Batch) -> None:
+        """Store a batch (its readings and events, with their ``seq``) in one durable transaction."""
         ...
 
     async def stored_keys(self, items: Sequence[tuple[DedupKey, int]]) -> set[DedupKey]:

@@ -18,6 +18,7 @@ import msgspec
 
 from fleetstream.adapters.bus.memory import MemoryBus
 from fleetstream.config import Settings
+from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.records import DedupKey, DeviceMessage, Reading
 from fleetstream.ingest.gateway import IngestResult
@@ -47,12 +48,12 @@ class InMemoryStore:
     async def close(self) -> None:
         return None
 
-    async def write(self, messages: Sequence[DeviceMessage]) -> None:
+    async def write(self, batch: Batch) -> None:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
         self.writes += 1
-        self.messages.extend(messages)
+        self.messages.extend(batch.messages())
 
     def _keys(self) -> dict[DedupKey, int]:
         keys: dict[DedupKey, int] = {}
@@ -73,7 +74,9 @@ class InMemoryStore:
     async def log_position(self) -> tuple[int, int | None]:
         if not self.messages:
             return 0, None
-        return max(m.seq for m in self.messages), max(m.ts for m in self.messages)
+        # A message's rows have consecutive positions from its own seq on.
+        last = max(m.seq + max(len(m.readings), 1) - 1 for m in self.messages)
+        return last, max(m.ts for m in self.messages)
 
     async def query_metrics(self, query: MetricsQuery) -> dict[str, dict[str, Any]]:
         values: dict[str, list[float]] = {s: [] for s in query.sensors}

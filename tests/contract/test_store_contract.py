@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fleetstream.adapters.store.duckdb import DuckDBStore
+from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
 from fleetstream.ports import MetricsQuery, Store
 from fleetstream.testing import InMemoryStore
@@ -64,13 +65,13 @@ def test_empty_store(store: Store) -> None:
 
 
 def test_write_then_position_and_sensors(store: Store) -> None:
-    call(store.write(DATA))
+    call(store.write(Batch.from_messages(DATA)))
     assert call(store.log_position()) == (4, 30 * S)
     assert call(store.sensors()) == {"t", "h"}
 
 
 def test_metrics_half_open_and_inclusive(store: Store) -> None:
-    call(store.write(DATA))
+    call(store.write(Batch.from_messages(DATA)))
     aggs = ("count", "min", "max", "avg", "sum", "stddev")
     half_open = call(store.query_metrics(MetricsQuery(10 * S, 20 * S, aggs, ("t",))))
     assert half_open["t"]["count"] == 2
@@ -85,7 +86,7 @@ def test_metrics_half_open_and_inclusive(store: Store) -> None:
 
 
 def test_quantiles(store: Store) -> None:
-    call(store.write([msg(i, "q", i, {"v": float(i)}) for i in range(1, 101)]))
+    call(store.write(Batch.from_messages([msg(i, "q", i, {"v": float(i)}) for i in range(1, 101)])))
     r = call(store.query_metrics(MetricsQuery(0, 1000 * S, ("p50", "p95", "p99"), ("v",))))["v"]
     assert r["p50"] == pytest.approx(50.5)
     assert r["p95"] == pytest.approx(95.05)
@@ -93,7 +94,7 @@ def test_quantiles(store: Store) -> None:
 
 
 def test_stored_keys_by_time_and_by_msg_id(store: Store) -> None:
-    call(store.write(DATA))
+    call(store.write(Batch.from_messages(DATA)))
     items = [
         (("a", "t", 10 * S), 10 * S),  # stored
         (("a", "t", 11 * S), 11 * S),  # not stored
@@ -109,7 +110,7 @@ def test_stored_keys_by_time_and_by_msg_id(store: Store) -> None:
 
 
 def test_recent_keys(store: Store) -> None:
-    call(store.write(DATA))
+    call(store.write(Batch.from_messages(DATA)))
     assert sorted(call(store.recent_keys(20 * S)), key=str) == sorted(
         [(("a", "t", 20 * S), 20 * S), (("b", "@startup", 30 * S), 30 * S)], key=str
     )
@@ -118,7 +119,7 @@ def test_recent_keys(store: Store) -> None:
 def test_duckdb_survives_reopen(tmp_path: Path) -> None:
     s = make_duckdb(tmp_path)
     call(s.start())
-    call(s.write(DATA))
+    call(s.write(Batch.from_messages(DATA)))
     call(s.close())
     again = make_duckdb(tmp_path)
     call(again.start())

@@ -69,7 +69,7 @@ def test_prometheus_metrics_count_what_happened(start: Callable[..., ServerProce
         "duplicates_total": ("counter", 1),
         "rejected_total": ("counter", 1),
         "requests_total": ("counter", 2),
-        "log_position": ("gauge", 3),
+        "log_position": ("gauge", 4),  # 3 readings and 1 reading-less event
         "queue_pending": ("gauge", 0),
         "live_subscribers": ("gauge", 0),
         "live_dropped_total": ("counter", 0),

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetstream.domain.records import DeviceMessage
 from fleetstream.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from fleetstream.ingest.decode import body_kind, decode_body
 from fleetstream.ingest.formats import DecodeContext
@@ -272,8 +273,19 @@ def test_fast_path_equals_general_path(items: list[dict[str, object]], kind: str
     fast = decode_body(body, kind, CTX, 100)  # type: ignore[arg-type]
     general = decode_body(body, kind, CTX, 100, fast=False)  # type: ignore[arg-type]
     assert fast.messages == general.messages
+    columns = ("device_id", "ts", "sensor", "value", "unit", "device_type", "msg_id", "kind", "received_at")
+    for name in columns:  # the columns themselves, not only the messages rebuilt from them
+        assert getattr(fast.batch, name) == getattr(general.batch, name), name
+    assert fast.batch.messages_count == general.batch.messages_count
     assert fast.rejected == general.rejected
     assert fast.items == general.items
+
+
+def _fast(body: bytes) -> list[DeviceMessage] | None:
+    from fleetstream.ingest.fastpath import decode_fast
+
+    batch = decode_fast(body, CTX, 10)
+    return None if batch is None else batch.messages()
 
 
 def test_fast_path_takes_plain_batches() -> None:
@@ -283,9 +295,9 @@ def test_fast_path_takes_plain_batches() -> None:
     typed = json.dumps(
         [{"device_id": 7, "timestamp": T, "humidity": 40, "tag": "Hygrometer", "seq": 3}]
     ).encode()
-    assert decode_fast(canonical, CTX, 10) == decode_body(canonical, "json", CTX, 10, fast=False).messages
-    assert decode_fast(typed, CTX, 10) == decode_body(typed, "json", CTX, 10, fast=False).messages
+    assert _fast(canonical) == decode_body(canonical, "json", CTX, 10, fast=False).messages
+    assert _fast(typed) == decode_body(typed, "json", CTX, 10, fast=False).messages
     both = b"[" + canonical[1:-1] + b"," + typed[1:-1] + b"]"
-    assert decode_fast(both, CTX, 10) == decode_body(both, "json", CTX, 10, fast=False).messages
+    assert _fast(both) == decode_body(both, "json", CTX, 10, fast=False).messages
     unknown_key = json.dumps([{"device_id": "a", "ts": T, "sensor": "t", "value": 1.5, "extra": 1}]).encode()
     assert decode_fast(unknown_key, CTX, 10) is None

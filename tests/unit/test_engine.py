@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from fleetstream.adapters.bus.memory import MemoryBus
 from fleetstream.config import Settings
+from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.records import DeviceMessage, Reading
 from fleetstream.engine.fanout import Hub
@@ -113,12 +113,12 @@ def test_a_failed_write_also_fails_the_overlapping_batch_that_deduplicated_again
             self.release = asyncio.Event()
             self.calls = 0
 
-        async def write(self, messages: Sequence[DeviceMessage]) -> None:
+        async def write(self, batch: Batch) -> None:
             self.calls += 1
             if self.calls == 1:
                 await self.release.wait()
                 raise OSError("disk full")
-            await super().write(messages)
+            await super().write(batch)
 
     async def scenario() -> None:
         store = SlowFirstWrite()
@@ -197,18 +197,18 @@ def test_memory_bus_refuses_when_full_and_without_consumer() -> None:
     async def scenario() -> None:
         bus = MemoryBus(max_pending=2, ack_timeout_s=0.2)
         with pytest.raises(BusUnavailable, match="no processor"):
-            await bus.publish("readings", [msg("a")])
+            await bus.publish("readings", Batch.from_messages([msg("a")]))
         batches = bus.subscribe("readings", "g", 100)
-        pending = asyncio.create_task(bus.publish("readings", [msg("a"), msg("b")]))
+        pending = asyncio.create_task(bus.publish("readings", Batch.from_messages([msg("a"), msg("b")])))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match="queue full"):
-            await bus.publish("readings", [msg("c")])
+            await bus.publish("readings", Batch.from_messages([msg("c")]))
         batch = await anext(batches)
-        assert [m.device_id for m in batch.records] == ["a", "b"]
+        assert [m.device_id for m in batch.batch.messages()] == ["a", "b"]
         await batch.commit()
         await pending
         with pytest.raises(Overloaded, match="not made durable within"):
-            await bus.publish("readings", [msg("d")])  # consumed by no one: times out
+            await bus.publish("readings", Batch.from_messages([msg("d")]))  # consumed by no one: times out
         await bus.close()
 
     run(scenario())
@@ -218,7 +218,7 @@ def test_memory_bus_fail_reaches_the_publisher() -> None:
     async def scenario() -> None:
         bus = MemoryBus()
         batches = bus.subscribe("readings", "g", 100)
-        pending = asyncio.create_task(bus.publish("readings", [msg("a")]))
+        pending = asyncio.create_task(bus.publish("readings", Batch.from_messages([msg("a")])))
         batch = await anext(batches)
         await batch.fail(StoreError("nope"))
         with pytest.raises(StoreError, match="nope"):
@@ -236,12 +236,12 @@ def test_hub_skips_for_a_slow_subscriber_then_drops_a_stalled_one() -> None:
         hub = Hub(lambda: now[0], max_queue=2, stall_timeout_s=5)
         slow = hub.subscribe()
         follower = hub.subscribe(["b"])
-        hub.publish([msg("a"), msg("b"), msg("a")])
+        hub.publish(Batch.from_messages([msg("a"), msg("b"), msg("a")]))
         assert slow.skipped == 1
         assert not slow.dropped
         assert (await follower.get()).device_id == "b"  # type: ignore[union-attr]
         now[0] = 10.0
-        hub.publish([msg("a")])
+        hub.publish(Batch.from_messages([msg("a")]))
         assert slow.dropped
         assert hub.dropped_total == 1
         assert [(await slow.get()) is not None for _ in range(3)] == [True, True, False]

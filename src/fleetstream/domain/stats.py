@@ -1,4 +1,4 @@
-"""Running metrics per sensor and per device+sensor, updated one reading at a time."""
+"""Running metrics per sensor and per device+sensor."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
+
+import numpy as np
 
 from fleetstream.domain.records import Reading
 
@@ -115,36 +118,175 @@ class RateMeter:
             self._buckets.popleft()
 
 
+class SeriesStats:
+    """:class:`RunningStats` of many series at once, kept in numpy arrays and updated a batch at a time.
+
+    Variance uses shifted sums (each series' first value is its shift), which
+    stays exact to a few ulps for readings far from zero with a small spread.
+    Merging several batches gives the same figures as folding the values one
+    by one (to rounding).
+
+    Example:
+        >>> s = SeriesStats()
+        >>> s.add(np.array([0, 0, 1]), np.array([2.0, 4.0, 7.0]), np.array([1, 3, 2]))
+        >>> s.get(0).mean, s.get(0).last, s.get(1).count
+        (3.0, 4.0, 1)
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.size = 0
+        self._count = np.zeros(capacity, np.int64)
+        self._shift = np.zeros(capacity)
+        self._s1 = np.zeros(capacity)
+        self._s2 = np.zeros(capacity)
+        self._min = np.full(capacity, np.inf)
+        self._max = np.full(capacity, -np.inf)
+        self._last = np.full(capacity, np.nan)
+        self._last_ts = np.full(capacity, np.iinfo(np.int64).min, np.int64)
+
+    def grow(self, size: int) -> None:
+        """Make room for series ``0 .. size-1``."""
+        if size <= len(self._count):
+            self.size = max(self.size, size)
+            return
+        capacity = max(size, 2 * len(self._count))
+        for name, fill in (
+            ("_count", 0),
+            ("_shift", 0.0),
+            ("_s1", 0.0),
+            ("_s2", 0.0),
+            ("_min", np.inf),
+            ("_max", -np.inf),
+            ("_last", np.nan),
+            ("_last_ts", np.iinfo(np.int64).min),
+        ):
+            old = getattr(self, name)
+            new = np.full(capacity, fill, old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+        self.size = size
+
+    def add(self, index: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        """Fold in ``values[i]`` (event time ``ts[i]``) into series ``index[i]``."""
+        if len(index) == 0:
+            return
+        self.grow(int(index.max()) + 1)
+        new = self._count[index] == 0
+        if new.any():
+            self._shift[index[new]] = values[new]
+        shifted = values - self._shift[index]
+        np.add.at(self._count, index, 1)
+        np.add.at(self._s1, index, shifted)
+        np.add.at(self._s2, index, shifted * shifted)
+        np.minimum.at(self._min, index, values)
+        np.maximum.at(self._max, index, values)
+        np.maximum.at(self._last_ts, index, ts)
+        newest = ts == self._last_ts[index]  # the newest by event time wins (a late reading does not)
+        self._last[index[newest]] = values[newest]
+
+    def get(self, i: int) -> RunningStats:
+        """Series ``i`` as a :class:`RunningStats`."""
+        count = int(self._count[i])
+        if count == 0:
+            return RunningStats()
+        s1, s2 = float(self._s1[i]), float(self._s2[i])
+        return RunningStats(
+            count=count,
+            mean=float(self._shift[i]) + s1 / count,
+            m2=max(0.0, s2 - s1 * s1 / count),
+            min=float(self._min[i]),
+            max=float(self._max[i]),
+            last=float(self._last[i]),
+            last_ts=int(self._last_ts[i]),
+        )
+
+
+class _Index:
+    """Dense numbers for keys (sensor names, (device, sensor) pairs), in order of first sight."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[Any, int] = {}
+        self.keys: list[Any] = []
+
+    def of(self, keys: list[Any]) -> np.ndarray:
+        numbers = self.numbers
+        found = list(map(numbers.get, keys, repeat(-1)))
+        if -1 in found:
+            for i, n in enumerate(found):
+                if n == -1:
+                    key = keys[i]
+                    n = numbers.get(key, -1)
+                    if n == -1:
+                        n = numbers[key] = len(self.keys)
+                        self.keys.append(key)
+                    found[i] = n
+        return np.array(found, np.int64)
+
+
 class LiveStats:
     """Running metrics of everything acknowledged: per sensor and per device+sensor.
 
     Example:
         >>> live = LiveStats()
-        >>> live.on_readings([Reading("a", 1, "temperature", 20.0), Reading("b", 1, "temperature", 22.0)])
+        >>> live.add(["a", "b"], ["temperature", "temperature"], [20.0, 22.0], [1, 1])
         >>> live.sensors["temperature"].mean, live.devices[("b", "temperature")].count
         (21.0, 1)
     """
 
     def __init__(self) -> None:
-        self.sensors: dict[str, RunningStats] = {}
-        self.devices: dict[tuple[str, str], RunningStats] = {}
+        self._sensor_index = _Index()
+        self._series_index = _Index()
+        self._by_sensor = SeriesStats()
+        self._by_series = SeriesStats()
         self.device_ids: set[str] = set()
         self.readings_total = 0
 
+    def add(self, device_ids: list[str], sensors: list[str], values: list[float], ts: list[int]) -> None:
+        """Fold in acknowledged readings, given as columns."""
+        if not values:
+            return
+        v = np.array(values, np.float64)
+        t = np.array(ts, np.int64)
+        known = len(self._series_index.keys)
+        self._by_sensor.add(self._sensor_index.of(sensors), v, t)
+        self._by_series.add(self._series_index.of(list(zip(device_ids, sensors, strict=True))), v, t)
+        if len(self._series_index.keys) != known:
+            self.device_ids.update(d for d, _ in self._series_index.keys[known:])
+        self.readings_total += len(values)
+
     def on_readings(self, readings: Iterable[Reading]) -> None:
-        """Fold acknowledged readings in."""
-        sensors, devices = self.sensors, self.devices
-        n = 0
-        for r in readings:
-            n += 1
-            s = sensors.get(r.sensor)
-            if s is None:
-                s = sensors[r.sensor] = RunningStats()
-            s.add(r.value, r.ts)
-            key = (r.device_id, r.sensor)
-            d = devices.get(key)
-            if d is None:
-                d = devices[key] = RunningStats()
-                self.device_ids.add(r.device_id)
-            d.add(r.value, r.ts)
-        self.readings_total += n
+        """Fold in acknowledged readings, given as objects."""
+        rows = list(readings)
+        self.add(
+            [r.device_id for r in rows],
+            [r.sensor for r in rows],
+            [r.value for r in rows],
+            [r.ts for r in rows],
+        )
+
+    @property
+    def sensors(self) -> dict[str, RunningStats]:
+        """sensor → its running stats (a snapshot)."""
+        return {key: self._by_sensor.get(i) for i, key in enumerate(self._sensor_index.keys)}
+
+    @property
+    def devices(self) -> dict[tuple[str, str], RunningStats]:
+        """(device, sensor) → its running stats (a snapshot)."""
+        return {key: self._by_series.get(i) for i, key in enumerate(self._series_index.keys)}
+
+    def series(
+        self, device_ids: Iterable[str] | None = None, sensors: Iterable[str] | None = None
+    ) -> dict[tuple[str, str], RunningStats]:
+        """Like :attr:`devices`, only for the given devices and sensors (``None``: all)."""
+        want_devices = set(device_ids) if device_ids is not None else None
+        want_sensors = set(sensors) if sensors is not None else None
+        return {
+            key: self._by_series.get(i)
+            for i, key in enumerate(self._series_index.keys)
+            if (want_devices is None or key[0] in want_devices)
+            and (want_sensors is None or key[1] in want_sensors)
+        }
+
+    def sensor_names(self) -> list[str]:
+        """Every sensor seen."""
+        return list(self._sensor_index.keys)

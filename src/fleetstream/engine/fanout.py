@@ -9,8 +9,9 @@ therefore never slows ingest, and a stalled one does not linger.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 
+from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage
 
 
@@ -90,10 +91,22 @@ class Hub:
                 self._by_device.setdefault(device, set()).add(sub)
         return sub
 
-    def publish(self, messages: Sequence[DeviceMessage]) -> None:
-        """Offer acknowledged messages to every interested subscriber; never waits."""
+    def publish(self, batch: Batch) -> None:
+        """Offer acknowledged messages to every interested subscriber; never waits.
+
+        Messages are rebuilt from the batch's columns only when someone listens, and only those
+        of followed devices when nobody follows every device.
+        """
         if not self._all and not self._by_device:
             return
+        if self._all:
+            messages = batch.messages()
+        else:
+            followed = set(self._by_device).intersection(batch.device_id)
+            followed.update(e.device_id for e in batch.events if e.device_id in self._by_device)
+            if not followed:
+                return
+            messages = batch.messages(followed)
         now = self._monotonic()
         timeout = self.stall_timeout_s
         for message in messages:

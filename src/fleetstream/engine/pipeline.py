@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 
 from fleetstream.config import EngineSettings
+from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
 from fleetstream.domain.dedup import Deduplicator
-from fleetstream.domain.records import DedupKey, DeviceMessage
+from fleetstream.domain.records import DedupKey
 from fleetstream.domain.stats import LiveStats, RateMeter
 from fleetstream.engine.fanout import Hub
 from fleetstream.errors import FleetstreamError, StoreError
@@ -57,7 +58,8 @@ class Engine:
         self._seq, newest = await self.store.log_position()
         self._durable = self._seq
         if newest is not None:
-            self.dedup.remember(await self.store.recent_keys(newest - self.dedup.horizon_us))
+            recent = await self.store.recent_keys(newest - self.dedup.horizon_us)
+            self.dedup.remember([key for key, _ in recent], [ts for _, ts in recent])
         self.sensors_seen = await self.store.sensors()
         batches = self.bus.subscribe(READINGS_TOPIC, ENGINE_GROUP, self.settings.batch_max_records)
         self._task = asyncio.create_task(self._run(batches), name="fleetstream-engine")
@@ -80,34 +82,35 @@ class Engine:
         return self._durable
 
     async def _run(self, batches: AsyncIterator[BusBatch]) -> None:
-        # Two batches in flight: while one is written (DuckDB works on its own thread), the next is
-        # taken and deduplicated on the loop. Writes run in order on the store's single writer
-        # thread, and acknowledgements are given in the same order.
+        # Several batches in flight: while one is written (DuckDB works on its own thread), the next
+        # ones are taken and deduplicated on the loop. Writes run in order on the store's single
+        # writer thread, and acknowledgements are given in the same order.
         previous: asyncio.Task[bool] | None = None
-        async for batch in batches:
-            remembered: list[DedupKey] = []
+        in_flight: deque[asyncio.Task[bool]] = deque()
+        async for taken in batches:
             try:
-                fresh = await self._deduplicate(batch.records, remembered)
+                fresh, remembered = await self._deduplicate(taken.batch)
             except Exception as exc:
-                self.dedup.forget(remembered)
-                await self._fail(batch, exc)
+                await self._fail(taken, exc)
                 continue
-            for message in fresh:
-                self._seq += 1
-                message.seq = self._seq
+            rows = len(fresh)
+            fresh.seq = list(range(self._seq + 1, self._seq + 1 + rows))
+            for i, event in enumerate(fresh.events, self._seq + 1 + rows):
+                event.seq = i
+            self._seq += fresh.records
             overlapped = previous is not None and not previous.done()
-            task = asyncio.create_task(self._store(batch, fresh, remembered, previous, overlapped))
-            if previous is not None:
-                await asyncio.wait([previous])
-            previous = task
-        if previous is not None:
-            await asyncio.wait([previous])
+            previous = asyncio.create_task(self._store(taken, fresh, remembered, previous, overlapped))
+            in_flight.append(previous)
+            if len(in_flight) >= self.settings.writes_in_flight:
+                await asyncio.wait([in_flight.popleft()])
+        if in_flight:
+            await asyncio.wait(in_flight)
 
     async def _store(
         self,
-        batch: BusBatch,
-        fresh: list[DeviceMessage],
-        remembered: list[DedupKey],
+        taken: BusBatch,
+        fresh: Batch,
+        remembered: Sequence[DedupKey],
         previous: asyncio.Task[bool] | None,
         overlapped: bool,
     ) -> bool:
@@ -119,80 +122,72 @@ class Engine:
         readings back.
         """
         try:
-            if fresh:
+            if fresh.records:
                 await self.store.write(fresh)
         except Exception as exc:
             self.dedup.forget(remembered)
             if previous is not None:
                 await asyncio.wait([previous])
-            await self._fail(batch, exc)
+            await self._fail(taken, exc)
             return False
         previous_ok = True if previous is None else await previous
-        self._durable = max(self._durable, max((m.seq for m in fresh), default=0))
+        if fresh.records:
+            self._durable = max(self._durable, fresh.seq[-1] if not fresh.events else fresh.events[-1].seq)
         if overlapped and not previous_ok:
             msg = "an earlier batch failed to be stored; retry (what was stored is deduplicated)"
-            await batch.fail(StoreError(msg))
+            await taken.fail(StoreError(msg))
             self._after_commit(fresh)
             return False
-        await batch.commit()
+        await taken.commit()
         self._after_commit(fresh)
         return True
 
-    async def _fail(self, batch: BusBatch, exc: BaseException) -> None:
+    async def _fail(self, taken: BusBatch, exc: BaseException) -> None:
         self.failed_batches += 1
-        log.error("storing a batch of %d messages failed: %s", len(batch.records), exc)
+        log.error("storing a batch of %d records failed: %s", taken.batch.records, exc)
         error = exc if isinstance(exc, FleetstreamError) else StoreError(f"storing failed: {exc}")
-        await batch.fail(error)
+        await taken.fail(error)
 
-    async def _deduplicate(
-        self, messages: Sequence[DeviceMessage], remembered: list[DedupKey]
-    ) -> list[DeviceMessage]:
-        """The messages (or parts of them) not seen before; ``remembered`` gets the keys added to memory."""
-        items: list[tuple[DedupKey, int]] = []
-        for m in messages:
-            if m.readings:  # keys built inline (as Reading.dedup_key): this runs for every reading
-                items += [
-                    ((r.device_id, r.sensor, r.ts if r.msg_id is None else r.msg_id), r.ts)
-                    for r in m.readings
-                ]
-            else:
-                items.append((m.dedup_key, m.ts))
-        fresh, unknown = self.dedup.classify(items)
-        remembered.extend(items[i][0] for i in fresh)
-        if len(fresh) == len(items):
-            return list(messages)
-        keep = bytearray(len(items))
+    async def _deduplicate(self, batch: Batch) -> tuple[Batch, Sequence[DedupKey]]:
+        """The rows and events not seen before, and the keys this added to the dedup memory."""
+        keys = batch.dedup_keys()
+        ts: list[int] = batch.ts
+        if batch.events:
+            keys += [e.dedup_key for e in batch.events]
+            ts = ts + [e.ts for e in batch.events]
+        fresh, unknown = self.dedup.classify(keys, ts)
+        if fresh is None:
+            return batch, keys
+        remembered = [keys[i] for i in fresh]
+        keep = bytearray(len(keys))
         for i in fresh:
             keep[i] = 1
         if unknown:
-            older = {items[i][0]: items[i] for i in unknown}  # also drops repeats inside the batch
-            stored = await self.store.stored_keys(list(older.values()))
+            try:
+                older = {keys[i]: (keys[i], ts[i]) for i in unknown}  # also drops repeats inside the batch
+                stored = await self.store.stored_keys(list(older.values()))
+            except Exception:
+                self.dedup.forget(remembered)
+                raise
             self.dedup.duplicates_total += len(unknown) - len(older) + len(stored)
             for i in unknown:
-                key = items[i][0]
+                key = keys[i]
                 if key not in stored and older.pop(key, None) is not None:
                     keep[i] = 1
-        out: list[DeviceMessage] = []
-        i = 0
-        for m in messages:
-            if not m.readings:
-                if keep[i]:
-                    out.append(m)
-                i += 1
-                continue
-            n = len(m.readings)
-            flags = keep[i : i + n]
-            if all(flags):
-                out.append(m)
-            elif any(flags):
-                out.append(replace(m, readings=[r for r, k in zip(m.readings, flags, strict=True) if k]))
-            i += n
-        return out
+        rows = len(batch)
+        out = batch.take([i for i in range(rows) if keep[i]])
+        kept = [j for j in range(len(batch.events)) if keep[rows + j]]
+        out.events = [batch.events[j] for j in kept]
+        out.event_msg = [batch.event_msg[j] for j in kept]
+        out.messages_count = len(set(out.msg)) + len(out.events)
+        return out, remembered
 
-    def _after_commit(self, messages: list[DeviceMessage]) -> None:
-        readings = [r for m in messages for r in m.readings]
-        self.stats.on_readings(readings)
-        self.messages_total += len(messages)
-        self.rate.add(len(readings), self.clock.monotonic())
-        self.sensors_seen.update(self.stats.sensors)
-        self.hub.publish(messages)
+    def _after_commit(self, batch: Batch) -> None:
+        stats = self.stats
+        known = len(stats.sensor_names())
+        stats.add(batch.device_id, batch.sensor, batch.value, batch.ts)
+        if len(stats.sensor_names()) != known:
+            self.sensors_seen.update(stats.sensor_names())
+        self.messages_total += batch.messages_count
+        self.rate.add(len(batch), self.clock.monotonic())
+        self.hub.publish(batch)

@@ -1,4 +1,4 @@
-"""Request bodies → device messages, with per-item errors.
+"""Request bodies → device messages (as a columnar batch), with per-item errors.
 
 A body is one message, a JSON array of messages, ``{"readings": [...]}``, or
 NDJSON (one message per line). A bad item costs only itself: the rest of the
@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage
 from fleetstream.errors import (
     FleetstreamError,
@@ -41,11 +42,16 @@ _decoder = msgspec.json.Decoder()
 
 @dataclass(slots=True)
 class Decoded:
-    """The messages of a body and what was rejected, by item index (0-based)."""
+    """The messages of a body (as columns) and what was rejected, by item index (0-based)."""
 
-    messages: list[DeviceMessage] = field(default_factory=list)
+    batch: Batch = field(default_factory=Batch)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     items: int = 0
+
+    @property
+    def messages(self) -> list[DeviceMessage]:
+        """The accepted messages as objects."""
+        return self.batch.messages()
 
 
 def body_kind(content_type: str | None) -> BodyKind:
@@ -95,9 +101,10 @@ def decode_body(
             else None
         )
         if quick is not None:
-            out.messages, out.items = quick, len(quick)
+            out.batch, out.items = quick, quick.messages_count
             return out
         out.items = len(lines)
+        messages: list[DeviceMessage] = []
         for index, (line_no, start, line) in enumerate(lines):
             try:
                 item = _decoder.decode(line)
@@ -106,11 +113,12 @@ def decode_body(
                 error = _where(str(exc), body, start, len(line))
                 out.rejected.append({"index": index, "line": line_no, "error": error})
                 continue
-            _decode_item(item, index, ctx, out)
+            _decode_item(item, index, ctx, out, messages)
+        out.batch = Batch.from_messages(messages)
         return out
     quick = decode_fast(body, ctx, max_items) if fast else None
     if quick is not None:
-        out.messages, out.items = quick, len(quick)
+        out.batch, out.items = quick, quick.messages_count
         return out
     if not body.strip():
         msg = 'empty body: expected a JSON message, an array of messages, or {"readings": [...]}'
@@ -122,8 +130,10 @@ def decode_body(
     items = _items(doc)
     _check_count(len(items), max_items)
     out.items = len(items)
+    messages = []
     for index, item in enumerate(items):
-        _decode_item(item, index, ctx, out)
+        _decode_item(item, index, ctx, out, messages)
+    out.batch = Batch.from_messages(messages)
     return out
 
 
@@ -145,7 +155,9 @@ def _check_count(count: int, max_items: int) -> None:
         raise PayloadTooLarge(msg, details={"items": count, "max_items": max_items})
 
 
-def _decode_item(item: Any, index: int, ctx: DecodeContext, out: Decoded) -> None:
+def _decode_item(
+    item: Any, index: int, ctx: DecodeContext, out: Decoded, messages: list[DeviceMessage]
+) -> None:
     if not isinstance(item, dict):
         out.rejected.append({"index": index, "error": f"expected a JSON object, got {shown(item)}"})
         return
@@ -154,7 +166,7 @@ def _decode_item(item: Any, index: int, ctx: DecodeContext, out: Decoded) -> Non
         out.rejected.append({"index": index, "error": _UNRECOGNISED})
         return
     try:
-        out.messages.append(fmt.decode(item, ctx))
+        messages.append(fmt.decode(item, ctx))
     except FleetstreamError as exc:
         out.rejected.append({"index": index, "error": exc.message})
 

@@ -57,12 +57,13 @@ class Gateway:
         )
         decoded = decode_body(body, kind, ctx, self.settings.max_batch_items)
         self.rejected_total += len(decoded.rejected)
-        if decoded.messages:
-            await self.bus.publish(READINGS_TOPIC, decoded.messages)
-            self.accepted_total += len(decoded.messages)
+        batch = decoded.batch
+        if batch.records:
+            await self.bus.publish(READINGS_TOPIC, batch)
+            self.accepted_total += batch.messages_count
         return IngestResult(
-            accepted=len(decoded.messages),
-            readings=sum(len(m.readings) for m in decoded.messages),
+            accepted=batch.messages_count,
+            readings=len(batch),
             items=decoded.items,
             rejected=decoded.rejected,
         )

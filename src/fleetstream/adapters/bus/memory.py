@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from fleetstream.domain.records import DeviceMessage
+from fleetstream.domain.batch import Batch, concat
 from fleetstream.errors import BusUnavailable, Overloaded
 
 
 @dataclass(slots=True, eq=False)
 class _Entry:
-    records: Sequence[DeviceMessage]
+    batch: Batch
+    records: int
     future: asyncio.Future[None]
     waiting_groups: int
 
@@ -40,14 +41,15 @@ class MemoryBatch:
     def __init__(self, queue: _GroupQueue, entries: list[_Entry]) -> None:
         self._queue = queue
         self._entries = entries
-        self.records: list[DeviceMessage] = [r for e in entries for r in e.records]
+        self.batch = concat([e.batch for e in entries])
+        self._records = sum(e.records for e in entries)
         self._done = False
 
     async def commit(self) -> None:
         if self._done:
             return
         self._done = True
-        self._queue.pending -= len(self.records)
+        self._queue.pending -= self._records
         for entry in self._entries:
             entry.waiting_groups -= 1
             if entry.waiting_groups == 0 and not entry.future.done():
@@ -57,7 +59,7 @@ class MemoryBatch:
         if self._done:
             return
         self._done = True
-        self._queue.pending -= len(self.records)
+        self._queue.pending -= self._records
         for entry in self._entries:
             if not entry.future.done():
                 entry.future.set_exception(exc)
@@ -90,8 +92,9 @@ class MemoryBus:
         groups = self._topics.get(topic, {})
         return max((q.pending for q in groups.values()), default=0)
 
-    async def publish(self, topic: str, records: Sequence[DeviceMessage]) -> None:
-        if not records:
+    async def publish(self, topic: str, batch: Batch) -> None:
+        n = batch.records
+        if not n:
             return
         if self._closing:
             msg = "the server is shutting down"
@@ -100,13 +103,12 @@ class MemoryBus:
         if not groups:
             msg = f"no processor is consuming {topic!r} yet"
             raise BusUnavailable(msg)
-        n = len(records)
         for queue in groups.values():
             if queue.pending + n > self.max_pending:
                 msg = f"ingest queue full ({queue.pending} readings waiting to be stored)"
                 raise Overloaded(msg, retry_after=1.0)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = _Entry(records, future, len(groups))
+        entry = _Entry(batch, n, future, len(groups))
         for queue in groups.values():
             queue.entries.append(entry)
             queue.pending += n
@@ -139,10 +141,10 @@ class MemoryBus:
                     continue
                 taken: list[_Entry] = []
                 count = 0
-                while queue.entries and (not taken or count + len(queue.entries[0].records) <= max_records):
+                while queue.entries and (not taken or count + queue.entries[0].records <= max_records):
                     entry = queue.entries.popleft()
                     taken.append(entry)
-                    count += len(entry.records)
+                    count += entry.records
                 yield MemoryBatch(queue, taken)
         finally:
             del groups[group]

@@ -20,7 +20,8 @@ from urllib.parse import unquote, urlsplit
 import duckdb
 import pyarrow as pa
 
-from fleetstream.domain.records import DedupKey, DeviceMessage
+from fleetstream.domain.batch import Batch
+from fleetstream.domain.records import DedupKey
 from fleetstream.errors import ConfigError, StoreError
 from fleetstream.ports import MetricsQuery
 
@@ -131,6 +132,9 @@ class DuckDBStore:
             msg = f"cannot open DuckDB file {self.path}: {exc}"
             raise StoreError(msg) from exc
         con.execute(_DDL)
+        # A larger WAL than the default 16 MB: fewer checkpoints stalling a commit under load, at the
+        # cost of a longer WAL replay after a crash (seconds).
+        con.execute("SET checkpoint_threshold = '128MB'")
         rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
         row = rows[0] if rows else None
         if row is None:
@@ -155,8 +159,8 @@ class DuckDBStore:
 
     # -- writing ---------------------------------------------------------------
 
-    async def write(self, messages: Sequence[DeviceMessage]) -> None:
-        readings, bare = _to_arrow(messages)
+    async def write(self, batch: Batch) -> None:
+        readings, bare = _to_arrow(batch)
         await self._on_writer(self._write, readings, bare)
 
     def _write(self, readings: pa.Table | None, bare: pa.Table | None) -> None:
@@ -319,28 +323,27 @@ def _empty(names: list[str]) -> dict[str, Any]:
     return {name: (0 if name == "count" else None) for name in names}
 
 
-def _to_arrow(messages: Sequence[DeviceMessage]) -> tuple[pa.Table | None, pa.Table | None]:
-    # Column by column with comprehensions: about twice as fast as appending row by row.
-    readings = [r for m in messages for r in m.readings]
-    bare = [m for m in messages if not m.readings]
+def _to_arrow(batch: Batch) -> tuple[pa.Table | None, pa.Table | None]:
+    # Straight from the batch's columns: one conversion per column, in C.
     table = (
         pa.Table.from_arrays(
             [
-                pa.array([m.seq for m in messages for _ in m.readings], pa.int64()),
-                pa.array([r.device_id for r in readings], pa.string()),
-                pa.array([r.ts for r in readings], pa.timestamp("us")),
-                pa.array([r.sensor for r in readings], pa.string()),
-                pa.array([r.value for r in readings], pa.float64()),
-                pa.array([r.unit for r in readings], pa.string()),
-                pa.array([r.device_type for r in readings], pa.string()),
-                pa.array([r.msg_id for r in readings], pa.string()),
-                pa.array([m.received_at for m in messages for _ in m.readings], pa.timestamp("us")),
+                pa.array(batch.seq, pa.int64()),
+                pa.array(batch.device_id, pa.string()),
+                pa.array(batch.ts, pa.timestamp("us")),
+                pa.array(batch.sensor, pa.string()),
+                pa.array(batch.value, pa.float64()),
+                pa.array(batch.unit, pa.string()),
+                pa.array(batch.device_type, pa.string()),
+                pa.array(batch.msg_id, pa.string()),
+                pa.array(batch.received_at, pa.timestamp("us")),
             ],
             schema=_READINGS_SCHEMA,
         )
-        if readings
+        if len(batch)
         else None
     )
+    bare = batch.events
     bare_table = (
         pa.Table.from_arrays(
             [

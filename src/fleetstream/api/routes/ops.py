@@ -34,7 +34,10 @@ _HELP = {
     "requests_total": ("counter", "Ingest requests received."),
     "rate_per_s": ("gauge", "Readings per second acknowledged, over the last seconds."),
     "devices": ("gauge", "Devices that have sent readings since start."),
-    "log_position": ("gauge", "Ingest sequence number of the last durable message."),
+    "log_position": (
+        "gauge",
+        "Position in the durable log of the last stored record (a reading, or an event without one).",
+    ),
 }
 
 

@@ -198,14 +198,7 @@ async def live_stats(
     }
     if devices or per_device:
         rows: dict[str, dict[str, Any]] = {}
-        chosen = sorted(
-            (
-                (key, s)
-                for key, s in engine.stats.devices.items()
-                if (not devices or key[0] in devices) and (not sensors or key[1] in sensors)
-            ),
-            key=lambda item: item[0],
-        )
+        chosen = sorted(engine.stats.series(devices or None, sensors or None).items())
         if len(chosen) > limit:
             body["truncated"] = True
         for (dev, sen), s in chosen[:limit]:
