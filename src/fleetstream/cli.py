@@ -70,7 +70,7 @@ def up(
         str | None,
         typer.Option(
             envvar="FLEETSTREAM_MQTT",
-            help="also take telemetry from this MQTT broker: mqtt://[user:password@]host[:port][?client_id=ID]",
+            help="also take telemetry from this MQTT broker, e.g. mqtt://127.0.0.1:1883 (docs/mqtt.md)",
         ),
     ] = None,
     mqtt_topic: Annotated[
