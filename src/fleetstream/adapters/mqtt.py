@@ -92,7 +92,6 @@ class MqttSource:
         self.connected = False
         self.received_total = 0
         self.acked_total = 0
-        self.unacked_total = 0  # finished after their connection closed: the broker re-sends them
         self.connects = 0
         self.last_error: str | None = None
         self._in_hand = 0
@@ -105,6 +104,7 @@ class MqttSource:
         self._subscribed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._outage_logged = False
+        self._late = False  # start() went on without a subscription: say when it comes
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -135,6 +135,7 @@ class MqttSource:
         try:
             await asyncio.wait_for(self._subscribed.wait(), self.connect_timeout_s)
         except TimeoutError:
+            self._late = True
             log.warning(
                 "MQTT: no subscription on %s within %g s (%s); retrying in the background",
                 self.endpoint.display,
@@ -238,7 +239,6 @@ class MqttSource:
             if client is None or delivery.connection != self._connection:
                 # Its connection is gone; on the next one the broker delivers it again and dedup
                 # stores it once. A PUBACK there could name another message with the same id.
-                self.unacked_total += 1
                 return
             if delivery.qos > 0:
                 client.ack(delivery.mid, delivery.qos)
@@ -251,6 +251,8 @@ class MqttSource:
         self._outage_logged = False
         if self.connects > 1:
             log.info("MQTT: reconnected to %s (session kept: %s)", self.endpoint.display, session_present)
+        elif self._late:
+            log.info("MQTT: connected to %s as %r", self.endpoint.display, self.client_id)
 
     def _disconnected(self, reason: str) -> None:
         was = self.connected
@@ -303,7 +305,9 @@ class MqttSource:
     ) -> None:
         with self._lock:
             self._connection += 1
-        self._call(self._disconnected, str(reason))
+        # MQTT 3.1.1 has no reason codes: paho says "Unspecified error" for a dropped connection.
+        text = "the connection closed" if reason.value == 0x80 else str(reason)
+        self._call(self._disconnected, text)
 
     def _on_subscribe(
         self,
