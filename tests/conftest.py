@@ -1,4 +1,5 @@
-"""Shared fixtures: a real `fleetstream up` process on a free loopback port, stopped by PID."""
+"""Shared fixtures: a real `fleetstream up` process on a free loopback port, and the real servers of
+``tests/servers.py`` (mosquitto), each stopped by PID."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .servers import Mosquitto
 
 FLEETSTREAM = [sys.executable, "-m", "fleetstream"]
 
@@ -127,3 +130,41 @@ def launch_server() -> Callable[..., ServerProcess]:
     """``start_server`` as a fixture, for suites that cannot import this module by name (the
     ``tests/integration`` package, whose own conftest builds module-scoped servers from it)."""
     return start_server
+
+
+# --- real servers (tests/servers.py) ------------------------------------------------------------
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    """A fresh mosquitto broker on a free loopback port (no persistence)."""
+    broker = Mosquitto.launch()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def launch_mosquitto() -> Iterator[Callable[..., Mosquitto]]:
+    """``launch_mosquitto(persistent=...)`` starts brokers; all are stopped by PID at teardown."""
+    started: list[Mosquitto] = []
+
+    def _launch(*, persistent: bool = False) -> Mosquitto:
+        broker = Mosquitto.launch(persistent=persistent)
+        started.append(broker)
+        return broker
+
+    yield _launch
+    for broker in started:
+        broker.close()
+
+
+@pytest.fixture(scope="module")
+def module_mosquitto() -> Iterator[Mosquitto]:
+    """One mosquitto for a whole module; tests keep apart by topic and device id."""
+    broker = Mosquitto.launch()
+    try:
+        yield broker
+    finally:
+        broker.close()

@@ -22,6 +22,7 @@ import uvicorn
 from fleetstream import __version__
 from fleetstream.config import Settings, load_settings
 from fleetstream.errors import ConfigError, FleetstreamError
+from fleetstream.ingest.mqtt import DEFAULT_TOPIC
 from fleetstream.runtime import Runtime
 
 app = typer.Typer(
@@ -65,6 +66,20 @@ def up(
             envvar="FLEETSTREAM_STORE", help="store URL (default duckdb:///<data>/fleetstream.duckdb)"
         ),
     ] = None,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_MQTT",
+            help="also take telemetry from this MQTT broker, e.g. mqtt://127.0.0.1:1883 (docs/mqtt.md)",
+        ),
+    ] = None,
+    mqtt_topic: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEETSTREAM_MQTT_TOPIC",
+            help="MQTT topic filter (the first + level is the device id); $share/<group>/... to share load",
+        ),
+    ] = DEFAULT_TOPIC,
     table: Annotated[
         bool, typer.Option(envvar="FLEETSTREAM_TABLE", help="show the live metrics table in the terminal")
     ] = True,
@@ -76,6 +91,7 @@ def up(
 ) -> None:
     """Run everything in one process: HTTP API, ingest, processors, DuckDB store, simulator.
 
+    With --mqtt, devices may also publish to an MQTT broker (QoS 1, acknowledged once stored).
     Open http://127.0.0.1:8000 (API docs at /docs). Ctrl-C stops cleanly: every
     acknowledged reading is already stored.
     """
@@ -85,6 +101,8 @@ def up(
             port=port,
             data=data,
             store=store,
+            mqtt=mqtt,
+            mqtt_topic=mqtt_topic,
             table=table,
             unsafe_no_auth=unsafe_no_auth,
             log_level=log_level,
@@ -120,6 +138,10 @@ def _run_up(settings: Settings) -> int:
         from fleetstream.simulator.embedded import add_simulator
 
         add_simulator(runtime)
+    if settings.mqtt:
+        from fleetstream.adapters.mqtt import add_mqtt_source
+
+        add_mqtt_source(runtime)
     try:
         import uvloop
 

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from fleetstream.errors import ConfigError
+from fleetstream.ingest.mqtt import DEFAULT_TOPIC, TopicFilter, parse_mqtt_url
 
 
 class _Group(BaseModel):
@@ -78,6 +79,8 @@ class Settings(BaseSettings):
     data: Path = Path("data")
     store: str | None = Field(None, description="store URL; default duckdb:///<data>/fleetstream.duckdb")
     bus: str = "memory://"
+    mqtt: str | None = Field(None, description="MQTT broker to subscribe to: mqtt://host:port")
+    mqtt_topic: str = Field(DEFAULT_TOPIC, description="MQTT topic filter; $share/<group>/... to share load")
     unsafe_no_auth: bool = False
     table: bool = True
     log_level: str = "info"
@@ -120,6 +123,9 @@ def load_settings(**overrides: Any) -> Settings:
         msg = f"invalid settings: {problems}"
         raise ConfigError(msg) from None
     _check_bind(settings)
+    if settings.mqtt:
+        parse_mqtt_url(settings.mqtt)
+        TopicFilter.parse(settings.mqtt_topic)
     if settings.ingest.queue_max_records < settings.ingest.max_batch_items:
         msg = (
             f"ingest.queue_max_records ({settings.ingest.queue_max_records}) must be at least "

@@ -77,6 +77,24 @@ class MetricsQuery:
     end_inclusive: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A device message, or part of one, that could not be ingested, kept with why.
+
+    ``payload`` is the raw bytes as received; ``errors`` lists the rejected items
+    (``{"index", "error"}``) when the payload decoded but some of its items did not
+    validate (the valid ones were stored). ``id`` is given by the store.
+    """
+
+    received_at: int
+    source: str
+    topic: str | None
+    reason: str
+    payload: bytes
+    errors: tuple[dict[str, Any], ...] = ()
+    id: int = 0
+
+
 class Store(Protocol):
     """Durable storage of readings and device events, and the queries over them."""
 
@@ -110,4 +128,40 @@ class Store(Protocol):
 
     async def sensors(self) -> set[str]:
         """Every sensor name stored."""
+        ...
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Store dead letters in one durable transaction (their ``id`` is ignored and assigned)."""
+        ...
+
+    async def dead_letters(self, source: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters (of ``source`` only, when given), newest first."""
+        ...
+
+
+class Source(Protocol):
+    """A device-side input beside HTTP (an MQTT subscription, later a Kafka raw topic).
+
+    It feeds the gateway, so its readings take the same path as HTTP ones, and it
+    acknowledges to its sender only what is durable. ``start`` returns once it
+    is taking messages (or keeps trying in the background); ``stop`` finishes the
+    messages in hand and may not block for long.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect and start taking messages."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop taking messages, finish those in hand, disconnect."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Live state and counters, as JSON (for ``/readyz``)."""
+        ...
+
+    def metrics(self) -> dict[str, tuple[str, str, float]]:
+        """Prometheus samples: name → (``counter`` or ``gauge``, help text, value)."""
         ...

@@ -11,13 +11,13 @@ from fleetstream.domain.clock import Clock, SystemClock
 from fleetstream.engine.fanout import Hub
 from fleetstream.engine.pipeline import Engine
 from fleetstream.ingest.gateway import Gateway
-from fleetstream.ports import Bus, Store
+from fleetstream.ports import Bus, Source, Store
 
 log = logging.getLogger(__name__)
 
 
 class Startable(Protocol):
-    """Anything run beside the pipeline (the built-in simulator)."""
+    """Anything run beside the pipeline (the built-in simulator, device-side sources)."""
 
     async def start(self) -> None: ...
 
@@ -28,7 +28,7 @@ class Runtime:
     """Store, bus, engine, hub and gateway of one process.
 
     Start order: store → bus → engine (restores from the store, subscribes) →
-    extras (simulator). Stop order is the reverse, and the bus is closed before
+    extras (simulator, sources such as MQTT). Stop order is the reverse, and the bus is closed before
     the engine stops so the engine stores everything already queued first:
     nothing acknowledged is lost on a clean shutdown.
     """
@@ -55,8 +55,19 @@ class Runtime:
         self.engine = Engine(self.bus, self.store, self.hub, self.clock, settings.engine)
         self.gateway = Gateway(self.bus, self.clock, settings.ingest)
         self.extras: list[Startable] = []
+        self.sources: dict[str, Source] = {}
         self.started = False
         self.info: dict[str, Any] = {}
+
+    def add_source(self, source: Source) -> None:
+        """Run a device-side source beside HTTP: it feeds :attr:`gateway`, starts after the engine,
+        stops before the bus closes (so what it has in hand is stored and acknowledged), and its
+        :meth:`~fleetstream.ports.Source.status` shows in the ops endpoints."""
+        if source.name in self.sources:
+            msg = f"a source named {source.name!r} is already added"
+            raise ValueError(msg)
+        self.extras.append(source)
+        self.sources[source.name] = source
 
     async def start(self) -> None:
         """Open everything, in order."""

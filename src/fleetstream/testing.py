@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -22,7 +23,7 @@ from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.records import DedupKey, DeviceMessage, Reading
 from fleetstream.ingest.gateway import IngestResult
-from fleetstream.ports import MetricsQuery
+from fleetstream.ports import DeadLetter, MetricsQuery
 from fleetstream.runtime import Runtime
 
 __all__ = ["Harness", "InMemoryStore", "ManualClock"]
@@ -34,6 +35,7 @@ class InMemoryStore:
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self.messages: list[DeviceMessage] = []
+        self.letters: list[DeadLetter] = []
         self.fail_next: BaseException | None = None
         self.writes = 0
 
@@ -91,6 +93,17 @@ class InMemoryStore:
 
     async def sensors(self) -> set[str]:
         return {r.sensor for r in self.readings}
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        first = len(self.letters) + 1
+        self.letters.extend(replace(d, id=first + i) for i, d in enumerate(letters))
+
+    async def dead_letters(self, source: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        chosen = [d for d in reversed(self.letters) if source is None or d.source == source]
+        return chosen[:limit]
 
 
 def _agg(name: str, values: list[float]) -> float | int | None:

@@ -12,7 +12,7 @@ import pytest
 from fleetstream.adapters.store.duckdb import DuckDBStore
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
-from fleetstream.ports import MetricsQuery, Store
+from fleetstream.ports import DeadLetter, MetricsQuery, Store
 from fleetstream.testing import InMemoryStore
 
 S = 1_000_000
@@ -114,6 +114,70 @@ def test_recent_keys(store: Store) -> None:
     assert sorted(call(store.recent_keys(20 * S)), key=str) == sorted(
         [(("a", "t", 20 * S), 20 * S), (("b", "@startup", 30 * S), 30 * S)], key=str
     )
+
+
+LETTERS = [
+    DeadLetter(5 * S, "mqtt", "devices/a/telemetry", "malformed JSON at line 1, column 2", b"{x\xff"),
+    DeadLetter(
+        6 * S,
+        "mqtt",
+        "devices/b/telemetry",
+        "1 of 2 items rejected",
+        b'[{"sensor":"t","value":1},{"value":"abc"}]',
+        ({"index": 1, "error": 'value: expected a finite number, got "abc"'},),
+    ),
+    DeadLetter(7 * S, "kafka", None, "not a recognised message", b"{}"),
+]
+
+
+def test_dead_letters_empty(store: Store) -> None:
+    assert call(store.dead_letters()) == []
+    assert call(store.dead_letters("mqtt", 10)) == []
+
+
+def test_dead_letters_read_back_newest_first_with_ids(store: Store) -> None:
+    call(store.write_dead_letters(LETTERS[:2]))
+    call(store.write_dead_letters(LETTERS[2:]))
+    call(store.write_dead_letters([]))
+
+    got = call(store.dead_letters())
+
+    assert [d.id for d in got] == [3, 2, 1]
+    assert got == [
+        DeadLetter(d.received_at, d.source, d.topic, d.reason, d.payload, d.errors, id=i)
+        for i, d in reversed(list(enumerate(LETTERS, 1)))
+    ]
+
+
+def test_dead_letters_by_source_and_limit(store: Store) -> None:
+    call(store.write_dead_letters(LETTERS))
+
+    topics = [d.topic for d in call(store.dead_letters("mqtt"))]
+    assert topics == ["devices/b/telemetry", "devices/a/telemetry"]
+    assert [d.id for d in call(store.dead_letters("mqtt", 1))] == [2]
+    assert [d.source for d in call(store.dead_letters(None, 2))] == ["kafka", "mqtt"]
+    assert call(store.dead_letters("http")) == []
+
+
+def test_dead_letters_leave_readings_alone(store: Store) -> None:
+    call(store.write(DATA))
+    call(store.write_dead_letters(LETTERS))
+
+    assert call(store.log_position()) == (4, 30 * S)
+    assert call(store.sensors()) == {"t", "h"}
+
+
+def test_duckdb_keeps_dead_letters_across_reopen(tmp_path: Path) -> None:
+    s = make_duckdb(tmp_path)
+    call(s.start())
+    call(s.write_dead_letters(LETTERS[:1]))
+    call(s.close())
+    again = make_duckdb(tmp_path)
+    call(again.start())
+    call(again.write_dead_letters(LETTERS[1:2]))
+    got = [(d.id, d.payload) for d in call(again.dead_letters())]
+    assert got == [(2, LETTERS[1].payload), (1, b"{x\xff")]
+    call(again.close())
 
 
 def test_duckdb_survives_reopen(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The ``fleetstream`` command as a user runs it: help, ``up`` with the built-in simulator, Ctrl-C,
-refusals (port in use, non-loopback host without auth, a data directory in use), env vars."""
+refusals (port in use, non-loopback host without auth, a data directory in use, a bad MQTT URL),
+env vars, and MQTT ingest with the broker's own command-line client."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Any
 import duckdb
 import pytest
 
+from ..servers import Mosquitto, require
+
 pytestmark = pytest.mark.e2e
 
 FLEETSTREAM = str(Path(sys.executable).parent / "fleetstream")
@@ -34,6 +37,8 @@ UP_OPTIONS = {
     "--simulator": "FLEETSTREAM_SIMULATOR__ENABLED",
     "--seed": "FLEETSTREAM_SIMULATOR__SEED",
     "--store": "FLEETSTREAM_STORE",
+    "--mqtt": "FLEETSTREAM_MQTT",
+    "--mqtt-topic": "FLEETSTREAM_MQTT_TOPIC",
     "--table": "FLEETSTREAM_TABLE",
     "--unsafe-no-auth": "FLEETSTREAM_UNSAFE_NO_AUTH",
     "--log-level": "FLEETSTREAM_LOG_LEVEL",
@@ -280,3 +285,81 @@ def test_invalid_setting_exits_2_naming_it() -> None:
 
     assert result.returncode == 2
     assert "error: invalid settings: port: " in result.stderr
+
+
+# --- MQTT -------------------------------------------------------------------------------------------
+
+
+def test_up_with_mqtt_stores_what_mosquitto_pub_sends(up: Any, mosquitto: Mosquitto) -> None:
+    mosquitto_pub = require("mosquitto_pub", "apt-get install mosquitto-clients")
+    port = _free_port()
+    server = up("--no-simulator", port=port, env=_env(FLEETSTREAM_MQTT=mosquitto.url))
+    server.wait_ready()
+    assert f"MQTT: subscribed to 'devices/+/telemetry' on {mosquitto.url}" in server.output()
+
+    # The example of docs/mqtt.md, as a user types it.
+    for device, payload in [
+        ("thermo-1", '{"timestamp": "2023-03-28T20:04:22Z", "temperature": 21.5, "tag": "Thermostat"}'),
+        ("thermo-2", '[{"ts": "2023-03-28T20:04:23Z", "sensor": "temperature", "value": 23.5}]'),
+        ("thermo-2", '{"ts": "2023-03-28T20:04:24Z", "sensor": "temperature", "value": "warm"}'),
+    ]:
+        command = [mosquitto_pub, "-h", "127.0.0.1", "-p", str(mosquitto.port), "-q", "1"]
+        command += ["-t", f"devices/{device}/telemetry", "-m", payload]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+        assert result.returncode == 0, result.stderr
+
+    query = "/api/v1/metrics?sensor=temperature&from=2023-03-28T20:00:00Z&to=2023-03-28T21:00:00Z"
+    deadline = time.monotonic() + 10
+    while _get(port, query)[1]["metrics"].get("temperature", {}).get("count") != 2:
+        assert time.monotonic() < deadline, f"not stored within 10 s:\n{server.output()}"
+        time.sleep(0.1)
+    assert _get(port, query)[1]["metrics"]["temperature"] == {
+        "count": 2,
+        "min": 21.5,
+        "max": 23.5,
+        "avg": 22.5,
+    }
+    letters = _get(port, "/api/v1/dead-letters?source=mqtt")[1]["dead_letters"]
+    error = 'value: expected a finite number, got "warm"'
+    assert [(d["topic"], d["reason"]) for d in letters] == [
+        ("devices/thermo-2/telemetry", f"1 of 1 items rejected; first: {error}")
+    ]
+
+    code, _ = server.stop(signal.SIGINT)
+
+    output = server.output()
+    assert (code, "Traceback" in output) == (0, False), output
+    assert "stopped cleanly at log position 2" in output
+    con = duckdb.connect(str(server.data / "fleetstream.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT device_id, value FROM readings ORDER BY ts").fetchall()
+        letters = con.execute("SELECT source, topic, payload FROM dead_letters").fetchall()
+    finally:
+        con.close()
+    assert rows == [("thermo-1", 21.5), ("thermo-2", 23.5)]
+    assert letters == [
+        (
+            "mqtt",
+            "devices/thermo-2/telemetry",
+            b'{"ts": "2023-03-28T20:04:24Z", "sensor": "temperature", "value": "warm"}',
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mqtt", "localhost:1883"], "error: invalid MQTT URL 'localhost:1883': expected mqtt://"),
+        (["--mqtt", "mqtt://127.0.0.1:70000"], "the port must be a number from 1 to 65535"),
+        (
+            ["--mqtt", "mqtt://127.0.0.1", "--mqtt-topic", "devices/+x/telemetry"],
+            "error: invalid MQTT topic filter 'devices/+x/telemetry': '+' must be a whole level",
+        ),
+    ],
+)
+def test_a_bad_mqtt_option_exits_2_with_the_reason(args: list[str], message: str) -> None:
+    result = _run("up", "--no-table", "--no-simulator", "--port", str(_free_port()), *args)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -22,6 +22,7 @@ ENDPOINTS = {
     "/api/v1/stats/live": {"get"},
     "/api/v1/stream": {"get"},
     "/api/devices/{device_id}/messages": {"post"},
+    "/api/v1/dead-letters": {"get"},
     "/healthz": {"get"},
     "/readyz": {"get"},
     "/metrics": {"get"},

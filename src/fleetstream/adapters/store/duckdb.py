@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DedupKey
 from fleetstream.errors import ConfigError, StoreError
-from fleetstream.ports import MetricsQuery
+from fleetstream.ports import DeadLetter, MetricsQuery
 
 T = TypeVar("T")
 
@@ -51,6 +52,17 @@ CREATE TABLE IF NOT EXISTS device_messages (
     msg_id VARCHAR,
     received_at TIMESTAMP NOT NULL
 );
+-- Payloads (or their items) that could not be ingested, with why: bad input never stops a source.
+CREATE SEQUENCE IF NOT EXISTS dead_letter_ids;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id BIGINT NOT NULL DEFAULT nextval('dead_letter_ids'),
+    received_at TIMESTAMP NOT NULL, -- UTC
+    source VARCHAR NOT NULL,        -- e.g. mqtt
+    topic VARCHAR,                  -- where it came from (MQTT topic)
+    reason VARCHAR NOT NULL,
+    errors VARCHAR NOT NULL,        -- JSON list of {"index", "error"} for rejected items
+    payload BLOB NOT NULL           -- the raw bytes received
+);
 """
 
 _READINGS_SCHEMA = pa.schema(
@@ -64,6 +76,16 @@ _READINGS_SCHEMA = pa.schema(
         ("device_type", pa.string()),
         ("msg_id", pa.string()),
         ("received_at", pa.timestamp("us")),
+    ]
+)
+_DEAD_LETTERS_SCHEMA = pa.schema(
+    [
+        ("received_at", pa.timestamp("us")),
+        ("source", pa.string()),
+        ("topic", pa.string()),
+        ("reason", pa.string()),
+        ("errors", pa.string()),
+        ("payload", pa.binary()),
     ]
 )
 _MESSAGES_SCHEMA = pa.schema(
@@ -179,6 +201,58 @@ class DuckDBStore:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+    # -- dead letters ------------------------------------------------------------
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        table = pa.Table.from_arrays(
+            [
+                pa.array([d.received_at for d in letters], pa.timestamp("us")),
+                pa.array([d.source for d in letters], pa.string()),
+                pa.array([d.topic for d in letters], pa.string()),
+                pa.array([d.reason for d in letters], pa.string()),
+                pa.array([msgspec.json.encode(list(d.errors)).decode() for d in letters], pa.string()),
+                pa.array([d.payload for d in letters], pa.binary()),
+            ],
+            schema=_DEAD_LETTERS_SCHEMA,
+        )
+        await self._on_writer(self._write_dead_letters, table)
+
+    def _write_dead_letters(self, table: pa.Table) -> None:
+        con = self._connection()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("incoming_dead_letters", table)
+            con.execute(
+                """INSERT INTO dead_letters (received_at, source, topic, reason, errors, payload)
+                   SELECT * FROM incoming_dead_letters"""
+            )
+            con.unregister("incoming_dead_letters")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    async def dead_letters(self, source: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return await self._on_reader(self._dead_letters, source, limit)
+
+    def _dead_letters(self, source: str | None, limit: int) -> list[DeadLetter]:
+        where, params = ("WHERE source = ?", [source]) if source is not None else ("", [])
+        rows = (
+            self._cursor()
+            .execute(
+                f"""SELECT id, epoch_us(received_at), source, topic, reason, errors, payload
+                    FROM dead_letters {where} ORDER BY id DESC LIMIT ?""",
+                [*params, limit],
+            )
+            .fetchall()
+        )
+        return [
+            DeadLetter(at, src, topic, reason, bytes(payload), tuple(msgspec.json.decode(errors)), id_)
+            for id_, at, src, topic, reason, errors, payload in rows
+        ]
 
     # -- dedup support -----------------------------------------------------------
 

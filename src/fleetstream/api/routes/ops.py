@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -17,13 +19,18 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: store open and engine consuming")
+@router.get("/readyz", summary="Readiness: store open and engine consuming; state of the sources")
 async def readyz(runtime: RuntimeDep) -> Response:
-    """200 when ingest can be acknowledged, else 503 with the reason."""
+    """200 when ingest can be acknowledged, else 503 with the reason. With device-side sources
+    (`--mqtt`), `sources` shows each one's connection and counters; a source that is disconnected
+    (and reconnecting) does not make the process unready, as HTTP ingest still works."""
     task = runtime.engine._task
     if not runtime.started or task is None or task.done():
         return JSONResponse({"status": "unavailable", "reason": "engine not running"}, 503)
-    return JSONResponse({"status": "ready", "log_position": runtime.engine.position})
+    body: dict[str, Any] = {"status": "ready", "log_position": runtime.engine.position}
+    if runtime.sources:
+        body["sources"] = {name: source.status() for name, source in runtime.sources.items()}
+    return JSONResponse(body)
 
 
 _HELP = {
@@ -54,6 +61,10 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
         "live_subscribers": ("gauge", "Open live streams."),
         "live_dropped_total": ("counter", "Live streams dropped for stalling."),
     }
+    for source in runtime.sources.values():
+        for name, (kind, text, value) in source.metrics().items():
+            help_[name] = (kind, text)
+            values[name] = value
     lines = []
     for name, value in values.items():
         kind, text = help_[name]
