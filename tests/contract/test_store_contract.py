@@ -160,7 +160,7 @@ def test_dead_letters_by_source_and_limit(store: Store) -> None:
 
 
 def test_dead_letters_leave_readings_alone(store: Store) -> None:
-    call(store.write(DATA))
+    call(store.write(Batch.from_messages(DATA)))
     call(store.write_dead_letters(LETTERS))
 
     assert call(store.log_position()) == (4, 30 * S)
