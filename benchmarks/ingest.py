@@ -15,7 +15,7 @@ and the group commit.
 Afterwards the number of readings stored (``GET /api/v1/metrics?agg=count`` over all time) is
 checked against the number acknowledged. Targets: >= 100,000 readings/s and >= 0.3 of bare.
 
-    .venv/bin/python benchmarks/ingest.py [--seconds 20] [--concurrency 64] [--batch 100]
+    .venv/bin/python benchmarks/ingest.py [--seconds 20] [--concurrency 128] [--batch 100]
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per run (default 20)")
     p.add_argument("--warmup", type=float, default=3.0, help="load before the window opens (default 3)")
-    p.add_argument("--concurrency", type=int, default=64, help="keep-alive connections (default 64)")
+    p.add_argument("--concurrency", type=int, default=128, help="keep-alive connections (default 128)")
     p.add_argument("--batch", type=int, default=100, help="readings per request (default 100)")
     p.add_argument("--devices", type=int, default=1000, help="distinct devices (default 1000)")
     p.add_argument(
