@@ -10,6 +10,7 @@ import asyncio
 import errno
 import gc
 import logging
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -111,7 +112,13 @@ def up(
     except ConfigError as exc:
         raise _fail(exc.message) from None
     _check_port(settings.host, settings.port)
-    sys.exit(_run_up(settings))
+    code = _run_up(settings)
+    # Everything is stored and closed by now. Skip interpreter teardown: the DuckDB and Arrow
+    # bindings print pages of "nanobind: leaked ..." warnings there, which only alarm users.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _check_port(host: str, port: int) -> None:
