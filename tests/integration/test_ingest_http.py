@@ -320,13 +320,14 @@ def test_device_endpoint_fills_and_checks_the_id(shared_server: ServerProcess, d
     assert metrics(shared_server, "someone-else") == {}
 
 
-def test_device_endpoint_refuses_a_bad_id(shared_server: ServerProcess) -> None:
+@pytest.mark.parametrize("bad", ["a b", "a/b"])
+def test_device_endpoint_refuses_a_bad_id(shared_server: ServerProcess, bad: str) -> None:
     status, body = shared_server.call(
-        "POST", f"/api/v1/devices/{path_segment('a b')}/telemetry", reading("a b", 0, 1.0)
+        "POST", f"/api/v1/devices/{path_segment(bad)}/telemetry", reading(bad, 0, 1.0)
     )
 
     assert status == 422
-    assert body["error"]["message"] == f'device_id: "a b" is not a valid device id ({DEVICE_ID_RULE})'
+    assert body["error"]["message"] == f'device_id: "{bad}" is not a valid device id ({DEVICE_ID_RULE})'
 
 
 def test_every_shape_is_stored_normalised(start: Any) -> None:

@@ -290,7 +290,7 @@ def test_follow_as_server_sent_events(shared_server: ServerProcess, client: http
     assert got == expected
 
 
-@pytest.mark.parametrize("bad", ["a b", "x" * 129, "dev#1"])
+@pytest.mark.parametrize("bad", ["a b", "x" * 129, "dev#1", "a/b"])
 def test_follow_bad_device_id_is_422(shared_server: ServerProcess, client: httpx.Client, bad: str) -> None:
     response = client.post(f"{shared_server.url}/api/devices/{path_segment(bad)}/messages")
 

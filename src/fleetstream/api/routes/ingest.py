@@ -101,7 +101,7 @@ async def post_telemetry(request: Request, gateway: GatewayDep, settings: Settin
 
 
 @router.post(
-    "/api/v1/devices/{device_id}/telemetry",
+    "/api/v1/devices/{device_id:path}/telemetry",
     status_code=202,
     summary="Send telemetry of one device",
     openapi_extra=_BODY_DOC,

@@ -133,7 +133,7 @@ async def stream_readings(
 
 
 @router.post(
-    "/api/devices/{device_id}/messages",
+    "/api/devices/{device_id:path}/messages",
     summary="Follow one device's messages (NDJSON stream, or SSE with Accept: text/event-stream)",
     response_class=StreamingResponse,
     responses={
