@@ -301,3 +301,13 @@ def test_fast_path_takes_plain_batches() -> None:
     assert _fast(both) == decode_body(both, "json", CTX, 10, fast=False).messages
     unknown_key = json.dumps([{"device_id": "a", "ts": T, "sensor": "t", "value": 1.5, "extra": 1}]).encode()
     assert decode_fast(unknown_key, CTX, 10) is None
+
+
+def test_a_number_too_large_for_a_double_costs_only_its_item() -> None:
+    body = (
+        b'[{"device_id": "a", "ts": "' + T.encode() + b'", "sensor": "t", "value": 1e400},'
+        b' {"device_id": "a", "ts": "' + T.encode() + b'", "sensor": "t", "value": 2}]'
+    )
+    out = decode_body(body, "json", CTX, 10)
+    assert out.rejected == [{"index": 0, "error": "value: expected a finite number, got inf"}]
+    assert out.batch.value == [2.0]

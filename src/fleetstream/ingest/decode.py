@@ -37,7 +37,9 @@ NDJSON_TYPES = frozenset(
 )
 JSON_TYPES = frozenset({"application/json", "text/json"})
 
-_decoder = msgspec.json.Decoder()
+# Floats through Python: a number too large for a double (1e400) becomes inf, which the item's own
+# check rejects, instead of failing the whole body.
+_decoder = msgspec.json.Decoder(float_hook=float)
 
 
 @dataclass(slots=True)
