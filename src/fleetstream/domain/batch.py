@@ -16,7 +16,7 @@ messages for the few consumers that want them whole (live streams).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from fleetstream.domain.records import DedupKey, DeviceMessage, Reading
@@ -126,20 +126,6 @@ class Batch:
             out.seq = [self.seq[i] for i in rows]
         out.messages_count = len(set(out.msg)) + len(out.events)
         return out
-
-    def readings(self) -> Iterator[Reading]:
-        """Each row as a :class:`Reading` (for the few consumers that want objects)."""
-        for d, t, s, v, u, dt, m in zip(
-            self.device_id,
-            self.ts,
-            self.sensor,
-            self.value,
-            self.unit,
-            self.device_type,
-            self.msg_id,
-            strict=True,
-        ):
-            yield Reading(d, t, s, v, u, dt, m)
 
     def messages(self, device_ids: frozenset[str] | set[str] | None = None) -> list[DeviceMessage]:
         """The messages again, in arrival order (of ``device_ids`` only, when given).

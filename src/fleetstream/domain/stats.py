@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from fleetstream.domain.records import Reading
-
 
 @dataclass(slots=True)
 class RunningStats:
@@ -254,16 +252,6 @@ class LiveStats:
             self.device_ids.update(d for d, _ in self._series_index.keys[known:])
         self.readings_total += len(values)
 
-    def on_readings(self, readings: Iterable[Reading]) -> None:
-        """Fold in acknowledged readings, given as objects."""
-        rows = list(readings)
-        self.add(
-            [r.device_id for r in rows],
-            [r.sensor for r in rows],
-            [r.value for r in rows],
-            [r.ts for r in rows],
-        )
-
     @property
     def sensors(self) -> dict[str, RunningStats]:
         """sensor → its running stats (a snapshot)."""
@@ -290,3 +278,8 @@ class LiveStats:
     def sensor_names(self) -> list[str]:
         """Every sensor seen."""
         return list(self._sensor_index.keys)
+
+    @property
+    def sensor_count(self) -> int:
+        """How many sensors were seen."""
+        return len(self._sensor_index.keys)

@@ -184,9 +184,9 @@ class Engine:
 
     def _after_commit(self, batch: Batch) -> None:
         stats = self.stats
-        known = len(stats.sensor_names())
+        known = stats.sensor_count
         stats.add(batch.device_id, batch.sensor, batch.value, batch.ts)
-        if len(stats.sensor_names()) != known:
+        if stats.sensor_count != known:
             self.sensors_seen.update(stats.sensor_names())
         self.messages_total += batch.messages_count
         self.rate.add(len(batch), self.clock.monotonic())
