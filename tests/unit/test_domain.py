@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import fleetstream.domain
 from fleetstream.domain.dedup import Deduplicator
-from fleetstream.domain.records import Reading, is_valid_device_id
+from fleetstream.domain.records import is_valid_device_id
 from fleetstream.domain.stats import LiveStats, RateMeter, RunningStats
 from fleetstream.domain.timeutil import epoch_number_to_us, parse_time, us_to_iso
 
@@ -163,7 +163,7 @@ def test_merge_equals_one_pass(xs: list[float], ys: list[float]) -> None:
 
 def test_last_is_the_newest_event_time_not_the_latest_arrival() -> None:
     live = LiveStats()
-    live.on_readings([Reading("d", 200, "t", 2.0), Reading("d", 100, "t", 1.0)])
+    live.add(["d", "d"], ["t", "t"], [2.0, 1.0], [200, 100])  # the older reading arrives last
     assert live.sensors["t"].last == 2.0
     assert live.devices[("d", "t")].last == 2.0
 
