@@ -1,0 +1,263 @@
+"""Device events and the device twin they fold into (event sourcing).
+
+A :class:`DeviceEvent` is an append-only fact about one device, numbered per
+device (``seq`` 1, 2, 3 ...). A :class:`DeviceTwin` is the fold of those events
+plus the stored readings: :meth:`DeviceTwin.apply` sets every field an event
+carries (type, status, location, last startup and heartbeat), and
+:meth:`DeviceTwin.observe_row` folds what the readings table already records
+(last value per sensor, counters, last seen), so no event is written per
+reading. :meth:`DeviceTwin.replay` rebuilds a twin from the two logs alone.
+
+Every field is a commutative fold (a maximum, a count, or "newest event time
+wins" with ties going to the later log position), so applying the events and
+the rows in separate passes gives the twin that was kept live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetstream.domain.batch import Batch
+
+ONLINE = "online"
+IDLE = "idle"
+OFFLINE = "offline"
+GENERIC_TYPE = "Sensor"
+"""The device type a reading gets when its format names none; a specific type replaces it."""
+
+REGISTERED = "registered"
+TYPE_CHANGED = "type_changed"
+STARTUP = "startup"
+MESSAGE = "message"
+HEARTBEAT = "heartbeat"
+STATUS_CHANGED = "status_changed"
+LOCATION_CHANGED = "location_changed"
+
+NEVER = -(2**62)
+"""``last_seen`` of a twin that has seen nothing (an int keeps the hot comparison free of ``None``)."""
+
+Row = tuple[int, int, str, float, object]
+"""A stored reading as replay takes it: (log position, event time, sensor, value, message key).
+
+The message key is shared by the rows of one message (the engine's message
+number, or the message's first log position) and tells messages apart.
+"""
+
+
+@dataclass(slots=True)
+class DeviceEvent:
+    """One fact about one device, as the event log keeps it.
+
+    Attributes:
+        device_id: The device.
+        seq: Number of the event for its device (1, 2, 3 ...): the twin's version once applied.
+        ts: Event time it refers to (µs since the epoch, UTC); a timer's deadline for a timer event.
+        type: ``registered``, ``type_changed``, ``startup``, ``message``, ``heartbeat``,
+            ``status_changed``, ``location_changed`` (more to come: alerts, predictions).
+        payload: Builtins only (JSON-ready).
+        position: Log position of the record that caused it (for a timer, the last record before it).
+
+    Example:
+        >>> DeviceEvent("d1", 1, 5, "registered", {"device_type": "Thermostat"}, 7).as_dict()["payload"]
+        {'device_type': 'Thermostat'}
+    """
+
+    device_id: str
+    seq: int
+    ts: int
+    type: str
+    payload: dict[str, Any]
+    position: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view (also what :meth:`from_dict` reads back)."""
+        return {
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "type": self.type,
+            "payload": self.payload,
+            "position": self.position,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceEvent:
+        """The event of an :meth:`as_dict` view (an event read back from the store)."""
+        return cls(
+            data["device_id"], data["seq"], data["ts"], data["type"], dict(data["payload"]), data["position"]
+        )
+
+
+@dataclass(slots=True)
+class DeviceTwin:
+    """The state of one device: a fold over its events and its stored readings.
+
+    ``status`` is ``online``, ``idle`` or ``offline`` (a twin starts offline:
+    nothing was heard yet). ``sensors`` maps a sensor to its last value and
+    that value's event time: the newest event time wins, a late old reading
+    never overwrites a newer one. ``location`` is (lat, lon, event time).
+    ``version`` is the ``seq`` of the last applied event; ``position`` the
+    highest log position applied (the processor skips records at or below it,
+    which makes replaying the log after a crash idempotent).
+
+    Example:
+        >>> twin = DeviceTwin("t-1")
+        >>> twin.apply(DeviceEvent("t-1", 1, 10, "registered", {"device_type": "Tracker"}, 3))
+        >>> twin.observe_row(3, 10, "temperature", 4.5, first_of_message=True)
+        >>> twin.observe_row(4, 8, "temperature", 9.9, first_of_message=True)  # older: kept out
+        >>> twin.sensors["temperature"], twin.messages, twin.readings, twin.version, twin.position
+        ((4.5, 10), 2, 2, 1, 4)
+    """
+
+    device_id: str
+    device_type: str = GENERIC_TYPE
+    status: str = OFFLINE
+    first_seen: int | None = None
+    last_seen: int = NEVER
+    sensors: dict[str, tuple[float, int]] = field(default_factory=dict)
+    location: tuple[float, float, int] | None = None
+    messages: int = 0
+    readings: int = 0
+    version: int = 0
+    position: int = 0
+    last_startup: int | None = None
+    last_heartbeat: int | None = None
+    heartbeat: dict[str, float] | None = None
+    # The deadline of the processor's pending timer for this twin: bookkeeping, not state.
+    timer: int | None = field(default=None, compare=False, repr=False)
+
+    def apply(self, event: DeviceEvent) -> None:
+        """Fold one event in; an event already applied (``seq`` <= ``version``) changes nothing.
+
+        A gap in the numbers is accepted: a twin "as of" a time is rebuilt from the
+        events up to that event time, which need not be a prefix of the log.
+        """
+        if event.seq <= self.version:
+            return
+        kind, payload, ts = event.type, event.payload, event.ts
+        if kind == STATUS_CHANGED:
+            self.status = payload["to"]
+        elif kind == LOCATION_CHANGED:
+            self.location = (payload["lat"], payload["lon"], ts)
+        elif kind == HEARTBEAT:
+            if self.last_heartbeat is None or ts >= self.last_heartbeat:
+                self.last_heartbeat = ts
+                self.heartbeat = dict(payload)
+        elif kind == REGISTERED:
+            self.device_type = payload["device_type"]
+            self.first_seen = ts
+        elif kind == TYPE_CHANGED:
+            self.device_type = payload["to"]
+        elif kind in (STARTUP, MESSAGE):  # a message without readings: its event is its only record
+            if kind == STARTUP and (self.last_startup is None or ts >= self.last_startup):
+                self.last_startup = ts
+            self.messages += 1
+            if ts > self.last_seen:
+                self.last_seen = ts
+        self.version = event.seq
+        if event.position > self.position:
+            self.position = event.position
+
+    def observe_row(
+        self, position: int, ts: int, sensor: str, value: float, *, first_of_message: bool
+    ) -> None:
+        """Fold one stored reading in (``first_of_message`` on the first row of each message)."""
+        old = self.sensors.get(sensor)
+        if old is None or ts >= old[1]:
+            self.sensors[sensor] = (value, ts)
+        if ts > self.last_seen:
+            self.last_seen = ts
+        self.readings += 1
+        if first_of_message:
+            self.messages += 1
+        if position > self.position:
+            self.position = position
+
+    @classmethod
+    def replay(cls, device_id: str, events: Iterable[DeviceEvent], rows: Batch | Iterable[Row]) -> DeviceTwin:
+        """Rebuild a twin from its event log and its stored readings (rows in log order).
+
+        ``rows`` are :data:`Row` tuples, or a :class:`~fleetstream.domain.batch.Batch` of the
+        device's rows (its ``msg`` numbers tell the messages apart).
+        """
+        twin = cls(device_id)
+        for event in events:
+            twin.apply(event)
+        if isinstance(rows, Batch):
+            positions = rows.seq or [0] * len(rows)
+            rows = zip(positions, rows.ts, rows.sensor, rows.value, rows.msg, strict=True)
+        previous: object = object()  # equal to no message key
+        for position, ts, sensor, value, message in rows:
+            twin.observe_row(position, ts, sensor, value, first_of_message=message != previous)
+            previous = message
+        return twin
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON view (times in µs since the epoch)."""
+        location = self.location
+        return {
+            "device_id": self.device_id,
+            "device_type": self.device_type,
+            "status": self.status,
+            "first_seen": self.first_seen,
+            "last_seen": None if self.last_seen == NEVER else self.last_seen,
+            "sensors": {name: {"value": v, "ts": t} for name, (v, t) in self.sensors.items()},
+            "location": None if location is None else dict(zip(("lat", "lon", "ts"), location, strict=True)),
+            "messages": self.messages,
+            "readings": self.readings,
+            "version": self.version,
+            "position": self.position,
+            "last_startup": self.last_startup,
+            "heartbeat": None
+            if self.heartbeat is None
+            else {"ts": self.last_heartbeat, "values": dict(self.heartbeat)},
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """Builtins only, for a snapshot store; :meth:`from_state` reads it back."""
+        return {
+            "device_id": self.device_id,
+            "device_type": self.device_type,
+            "status": self.status,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "sensors": {name: [v, t] for name, (v, t) in self.sensors.items()},
+            "location": None if self.location is None else list(self.location),
+            "messages": self.messages,
+            "readings": self.readings,
+            "version": self.version,
+            "position": self.position,
+            "last_startup": self.last_startup,
+            "last_heartbeat": self.last_heartbeat,
+            "heartbeat": None if self.heartbeat is None else dict(self.heartbeat),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DeviceTwin:
+        """The twin of a :meth:`to_state` dict.
+
+        Example:
+            >>> twin = DeviceTwin("d", sensors={"t": (1.5, 9)}, location=(1.0, 2.0, 9), version=3)
+            >>> DeviceTwin.from_state(twin.to_state()) == twin
+            True
+        """
+        location = state["location"]
+        heartbeat = state["heartbeat"]
+        return cls(
+            device_id=state["device_id"],
+            device_type=state["device_type"],
+            status=state["status"],
+            first_seen=state["first_seen"],
+            last_seen=state["last_seen"],
+            sensors={name: (float(v), int(t)) for name, (v, t) in state["sensors"].items()},
+            location=None if location is None else (float(location[0]), float(location[1]), int(location[2])),
+            messages=state["messages"],
+            readings=state["readings"],
+            version=state["version"],
+            position=state["position"],
+            last_startup=state["last_startup"],
+            last_heartbeat=state["last_heartbeat"],
+            heartbeat=None if heartbeat is None else dict(heartbeat),
+        )
