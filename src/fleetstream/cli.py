@@ -89,6 +89,27 @@ def up(
         typer.Option(envvar="FLEETSTREAM_UNSAFE_NO_AUTH", help="allow a non-loopback --host without auth"),
     ] = False,
     log_level: Annotated[str, typer.Option(envvar="FLEETSTREAM_LOG_LEVEL", help="log level")] = "info",
+    window: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_STREAM__WINDOWS",
+            help="tumbling event-time window sizes, comma-separated [default: 10s,1m]",
+        ),
+    ] = None,
+    out_of_orderness: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FLEETSTREAM_STREAM__OUT_OF_ORDERNESS_S",
+            help="seconds of disorder the watermark waits for [default: 5]",
+        ),
+    ] = None,
+    allowed_lateness: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FLEETSTREAM_STREAM__ALLOWED_LATENESS_S",
+            help="seconds an emitted window still takes late readings (as a new version) [default: 30]",
+        ),
+    ] = None,
 ) -> None:
     """Run everything in one process: HTTP API, ingest, processors, DuckDB store, simulator.
 
@@ -108,6 +129,9 @@ def up(
             unsafe_no_auth=unsafe_no_auth,
             log_level=log_level,
             simulator={"enabled": simulator, "devices": devices, "rate": rate, "seed": seed},
+            stream=_given(
+                windows=window, out_of_orderness_s=out_of_orderness, allowed_lateness_s=allowed_lateness
+            ),
         )
     except ConfigError as exc:
         raise _fail(exc.message) from None
@@ -119,6 +143,12 @@ def up(
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def _given(**values: Any) -> dict[str, Any] | None:
+    """The options given (flag or env var), so unset ones keep the settings' defaults and TOML values."""
+    chosen = {k: v for k, v in values.items() if v is not None}
+    return chosen or None
 
 
 def _check_port(host: str, port: int) -> None:

@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fleetstream.domain.timeutil import parse_duration
 from fleetstream.errors import ConfigError
 from fleetstream.ingest.mqtt import DEFAULT_TOPIC, TopicFilter, parse_mqtt_url
 
@@ -50,9 +51,45 @@ class EngineSettings(_Group):
     writes_in_flight: int = Field(
         2, ge=1, le=16, description="batches deduplicated and queued for the store while one is written"
     )
-    dedup_horizon_s: float = Field(
-        35.0, gt=0, description="event time kept in memory for dedup; older re-sends ask the store"
+    checkpoint_interval_s: float = Field(
+        5.0, gt=0, description="how often processor state is checkpointed (replay after a crash starts there)"
     )
+    flush_interval_s: float = Field(
+        1.0, gt=0, description="how often emitted windows, device events and changed twins are stored"
+    )
+
+
+class StreamSettings(_Group):
+    """Event-time semantics: windows, watermark, lateness, device status (docs/stream.md)."""
+
+    windows: str = Field("10s,1m", description="tumbling window sizes, comma-separated (e.g. 10s,1m,1h)")
+    out_of_orderness_s: float = Field(5.0, ge=0, description="watermark = newest event time minus this")
+    allowed_lateness_s: float = Field(
+        30.0, ge=0, description="an emitted window still takes readings this long past its end"
+    )
+    idle_timeout_s: float = Field(
+        10.0, gt=0, description="with no input this long, the watermark follows the wall clock"
+    )
+    max_ahead_s: float = Field(
+        5.0, ge=0, description="event time ahead of arrival by more than this does not move the watermark"
+    )
+    idle_after_s: float = Field(30.0, gt=0, description="a device silent this long is idle")
+    offline_after_s: float = Field(120.0, gt=0, description="a device silent this long is offline")
+    evict_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="an offline twin silent this long leaves memory (reloaded on its next reading)",
+    )
+
+    @property
+    def window_sizes_us(self) -> tuple[int, ...]:
+        """The window sizes in microseconds, smallest first."""
+        return tuple(sorted({parse_duration(part) for part in self.windows.split(",") if part.strip()}))
+
+    @property
+    def dedup_horizon_us(self) -> int:
+        """Dedup memory keeps this much event time: older re-sends are beyond the lateness anyway."""
+        return round((self.out_of_orderness_s + self.allowed_lateness_s) * 1_000_000)
 
 
 class SimulatorSettings(_Group):
@@ -86,6 +123,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     ingest: IngestSettings = IngestSettings()
     engine: EngineSettings = EngineSettings()
+    stream: StreamSettings = StreamSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
     @classmethod
@@ -126,6 +164,7 @@ def load_settings(**overrides: Any) -> Settings:
     if settings.mqtt:
         parse_mqtt_url(settings.mqtt)
         TopicFilter.parse(settings.mqtt_topic)
+    _check_stream(settings.stream)
     if settings.ingest.queue_max_records < settings.ingest.max_batch_items:
         msg = (
             f"ingest.queue_max_records ({settings.ingest.queue_max_records}) must be at least "
@@ -133,6 +172,27 @@ def load_settings(**overrides: Any) -> Settings:
         )
         raise ConfigError(msg)
     return settings
+
+
+def _check_stream(stream: StreamSettings) -> None:
+    try:
+        sizes = stream.window_sizes_us
+    except ValueError as exc:
+        msg = f"stream.windows: {exc}"
+        raise ConfigError(msg) from None
+    if not sizes or sizes[0] <= 0:
+        msg = f"stream.windows: give at least one window size above zero, got {stream.windows!r}"
+        raise ConfigError(msg)
+    odd = [s for s in sizes if s % sizes[0]]
+    if odd:
+        msg = f"stream.windows: every size must be a multiple of the smallest ({stream.windows!r})"
+        raise ConfigError(msg)
+    if not stream.idle_after_s < stream.offline_after_s <= stream.evict_after_s:
+        msg = (
+            "stream: idle_after_s < offline_after_s <= evict_after_s must hold, got "
+            f"{stream.idle_after_s}, {stream.offline_after_s}, {stream.evict_after_s}"
+        )
+        raise ConfigError(msg)
 
 
 def _check_bind(settings: Settings) -> None:

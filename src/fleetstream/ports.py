@@ -6,12 +6,14 @@ imports a driver. Every method that may wait is ``async``; none blocks the loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DedupKey
+from fleetstream.domain.twin import DeviceEvent, DeviceTwin
+from fleetstream.domain.windows import LateReadings, WindowAggregate
 
 READINGS_TOPIC = "readings"
 """The topic of device messages, keyed by device id."""
@@ -95,6 +97,63 @@ class DeadLetter:
     id: int = 0
 
 
+@dataclass(slots=True)
+class Derived:
+    """What the processors made of a stretch of the log, stored idempotently (a replay may write it again).
+
+    Windows replace the stored row of their key; late readings and device events already stored
+    (same log position, same device sequence number) are not added twice; twins replace their row.
+    """
+
+    windows: list[WindowAggregate] = field(default_factory=list)
+    late: LateReadings = field(default_factory=LateReadings)
+    events: list[DeviceEvent] = field(default_factory=list)
+    twins: list[DeviceTwin] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.windows or len(self.late) or self.events or self.twins)
+
+    def extend(self, other: Derived) -> None:
+        """Add ``other``'s records after these (a later window version replaces an earlier one)."""
+        self.windows += other.windows
+        self.late.extend(other.late)
+        self.events += other.events
+        self.twins += other.twins
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Processor state (opaque bytes) and the log position it reflects: replay starts after it."""
+
+    position: int
+    state: bytes
+    written_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowQuery:
+    """Stored windows of one size whose start is in ``[start, end)``; ``device_id`` ``*`` is the fleet."""
+
+    size_us: int
+    start: int
+    end: int
+    sensors: tuple[str, ...] = ()
+    device_id: str = "*"
+    limit: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Device events of one device, oldest first: event time in ``[start, end)``, after ``after_seq``."""
+
+    device_id: str
+    start: int | None = None
+    end: int | None = None
+    types: tuple[str, ...] = ()
+    after_seq: int = 0
+    limit: int = 100
+
+
 class Store(Protocol):
     """Durable storage of readings and device events, and the queries over them."""
 
@@ -136,6 +195,49 @@ class Store(Protocol):
 
     async def dead_letters(self, source: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` dead letters (of ``source`` only, when given), newest first."""
+        ...
+
+    # -- derived state (windows, device events, twins, checkpoints) -------------
+
+    async def write_derived(self, derived: Derived, checkpoint: Checkpoint | None = None) -> None:
+        """Store derived records (and the checkpoint they complete) in one durable transaction."""
+        ...
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint, if any."""
+        ...
+
+    async def replay(self, after: int, max_records: int) -> Batch:
+        """Stored records with log position > ``after``, in log order, about ``max_records`` of them.
+
+        Rows of one message stay together; an empty batch means the end of the log.
+        """
+        ...
+
+    async def load_twins(self, device_ids: Collection[str]) -> list[DeviceTwin]:
+        """The stored twins of these devices (those that have one)."""
+        ...
+
+    async def list_twins(
+        self, device_type: str | None, status: str | None, limit: int, offset: int
+    ) -> tuple[int, list[DeviceTwin]]:
+        """How many stored twins match, and one page of them ordered by device id."""
+        ...
+
+    async def query_windows(self, query: WindowQuery) -> list[WindowAggregate]:
+        """Stored windows (their newest version), ordered by start then sensor."""
+        ...
+
+    async def device_events(self, query: EventQuery) -> list[DeviceEvent]:
+        """A device's stored events, by sequence number."""
+        ...
+
+    async def device_rows(self, device_id: str, until: int) -> Batch:
+        """One device's stored readings and reading-less messages up to event time ``until``, in log order."""
+        ...
+
+    async def late_counts(self) -> dict[str, int]:
+        """sensor → readings stored as late (beyond the allowed lateness of the smallest window)."""
         ...
 
 

@@ -52,7 +52,7 @@ class Runtime:
             ack_timeout_s=settings.ingest.ack_timeout_s,
         )
         self.hub = Hub(self.clock.monotonic)
-        self.engine = Engine(self.bus, self.store, self.hub, self.clock, settings.engine)
+        self.engine = Engine(self.bus, self.store, self.hub, self.clock, settings.engine, settings.stream)
         self.gateway = Gateway(self.bus, self.clock, settings.ingest)
         self.extras: list[Startable] = []
         self.sources: dict[str, Source] = {}

@@ -10,7 +10,7 @@ A pipeline test reads like::
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -19,11 +19,13 @@ import msgspec
 
 from fleetstream.adapters.bus.memory import MemoryBus
 from fleetstream.config import Settings
-from fleetstream.domain.batch import Batch
+from fleetstream.domain.batch import Batch, message_numbers
 from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.records import DedupKey, DeviceMessage, Reading
+from fleetstream.domain.twin import DeviceEvent, DeviceTwin
+from fleetstream.domain.windows import ALL_DEVICES, LateReadings, WindowAggregate
 from fleetstream.ingest.gateway import IngestResult
-from fleetstream.ports import DeadLetter, MetricsQuery
+from fleetstream.ports import Checkpoint, DeadLetter, Derived, EventQuery, MetricsQuery, WindowQuery
 from fleetstream.runtime import Runtime
 
 __all__ = ["Harness", "InMemoryStore", "ManualClock"]
@@ -38,6 +40,11 @@ class InMemoryStore:
         self.letters: list[DeadLetter] = []
         self.fail_next: BaseException | None = None
         self.writes = 0
+        self.windows: dict[tuple[str, str, int, int], WindowAggregate] = {}
+        self.late = LateReadings()
+        self.events: dict[tuple[str, int], DeviceEvent] = {}
+        self.twins: dict[str, DeviceTwin] = {}
+        self.saved: Checkpoint | None = None
 
     @property
     def readings(self) -> list[Reading]:
@@ -104,6 +111,112 @@ class InMemoryStore:
     async def dead_letters(self, source: str | None = None, limit: int = 100) -> list[DeadLetter]:
         chosen = [d for d in reversed(self.letters) if source is None or d.source == source]
         return chosen[:limit]
+
+    async def write_derived(self, derived: Derived, checkpoint: Checkpoint | None = None) -> None:
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        for w in derived.windows:
+            self.windows[(w.sensor, w.device_id, w.size_us, w.start)] = w
+        stored_late = set(zip(self.late.seq, self.late.size_us, strict=True))
+        fresh = [
+            i
+            for i, key in enumerate(zip(derived.late.seq, derived.late.size_us, strict=True))
+            if key not in stored_late
+        ]
+        self.late.extend(derived.late.take(fresh))
+        for e in derived.events:
+            self.events.setdefault((e.device_id, e.seq), e)
+        for t in derived.twins:
+            self.twins[t.device_id] = DeviceTwin.from_state(t.to_state())
+        if checkpoint is not None:
+            self.saved = checkpoint
+
+    async def checkpoint(self) -> Checkpoint | None:
+        return self.saved
+
+    async def replay(self, after: int, max_records: int) -> Batch:
+        ordered = sorted((m for m in self.messages if m.seq > after), key=lambda m: m.seq)
+        return _log_batch(ordered, max_records, stop_after_bare=True)
+
+    async def device_rows(self, device_id: str, until: int) -> Batch:
+        chosen = [m for m in self.messages if m.device_id == device_id and m.ts <= until]
+        return _log_batch(sorted(chosen, key=lambda m: m.seq), len(chosen) + 1, stop_after_bare=False)
+
+    async def load_twins(self, device_ids: Collection[str]) -> list[DeviceTwin]:
+        return [DeviceTwin.from_state(self.twins[d].to_state()) for d in device_ids if d in self.twins]
+
+    async def list_twins(
+        self, device_type: str | None, status: str | None, limit: int, offset: int
+    ) -> tuple[int, list[DeviceTwin]]:
+        chosen = [
+            t
+            for _, t in sorted(self.twins.items())
+            if (device_type is None or t.device_type.lower() == device_type.lower())
+            and (status is None or t.status == status)
+        ]
+        return len(chosen), chosen[offset : offset + limit]
+
+    async def query_windows(self, query: WindowQuery) -> list[WindowAggregate]:
+        chosen = [
+            w
+            for w in self.windows.values()
+            if w.size_us == query.size_us
+            and w.device_id == (query.device_id or ALL_DEVICES)
+            and query.start <= w.start < query.end
+            and (not query.sensors or w.sensor in query.sensors)
+        ]
+        return sorted(chosen, key=lambda w: (w.start, w.sensor))[: query.limit]
+
+    async def device_events(self, query: EventQuery) -> list[DeviceEvent]:
+        chosen = [
+            e
+            for (device, seq), e in sorted(self.events.items())
+            if device == query.device_id
+            and seq > query.after_seq
+            and (query.start is None or e.ts >= query.start)
+            and (query.end is None or e.ts < query.end)
+            and (not query.types or e.type in query.types)
+        ]
+        return chosen[: query.limit]
+
+    async def late_counts(self) -> dict[str, int]:
+        if not len(self.late):
+            return {}
+        smallest = min(self.late.size_us)
+        counts: dict[str, int] = {}
+        for sensor, size in zip(self.late.sensor, self.late.size_us, strict=True):
+            if size == smallest:
+                counts[sensor] = counts.get(sensor, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def _log_batch(ordered: list[DeviceMessage], max_records: int, *, stop_after_bare: bool) -> Batch:
+    """Stored messages (in log order) as the batch the store's log gives back: rows keep their positions."""
+    out = Batch()
+    numbers = iter(message_numbers(len(ordered)))
+    for m in ordered:
+        if out.records >= max_records or (stop_after_bare and m.readings and out.events):
+            break  # rows, then reading-less messages: the order the engine sees live
+        number = next(numbers)
+        out.messages_count += 1
+        if not m.readings:
+            out.events.append(m)
+            out.event_msg.append(number)
+            continue
+        for i, r in enumerate(m.readings):
+            out.seq.append(m.seq + i)
+            out.device_id.append(r.device_id)
+            out.ts.append(r.ts)
+            out.sensor.append(r.sensor)
+            out.value.append(r.value)
+            out.unit.append(r.unit)
+            out.device_type.append(r.device_type)
+            out.msg_id.append(r.msg_id)
+            out.kind.append(m.kind)
+            out.msg.append(number)
+            out.received_at.append(m.received_at)
+    return out
 
 
 def _agg(name: str, values: list[float]) -> float | int | None:

@@ -64,7 +64,9 @@ def test_msg_id_is_the_dedup_key_when_given() -> None:
 
 
 def test_old_resend_beyond_the_horizon_is_checked_against_the_store() -> None:
-    settings = Settings(simulator={"enabled": False}, engine={"dedup_horizon_s": 10})
+    settings = Settings(
+        simulator={"enabled": False}, stream={"out_of_orderness_s": 2, "allowed_lateness_s": 8}
+    )
 
     async def scenario() -> None:
         async with Harness(settings) as h:

@@ -182,6 +182,22 @@ class SeriesStats:
         newest = ts == self._last_ts[index]  # the newest by event time wins (a late reading does not)
         self._last[index[newest]] = values[newest]
 
+    _FIELDS = ("_count", "_shift", "_s1", "_s2", "_min", "_max", "_last", "_last_ts")
+
+    def to_state(self) -> dict[str, Any]:
+        """Builtins only (for a checkpoint)."""
+        return {name: getattr(self, name)[: self.size].tolist() for name in self._FIELDS}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SeriesStats:
+        """The series stats a :meth:`to_state` saved."""
+        size = len(state["_count"])
+        out = cls(max(64, size))
+        out.grow(size)
+        for name in cls._FIELDS:
+            getattr(out, name)[:size] = state[name]
+        return out
+
     def get(self, i: int) -> RunningStats:
         """Series ``i`` as a :class:`RunningStats`."""
         count = int(self._count[i])
@@ -274,6 +290,34 @@ class LiveStats:
             if (want_devices is None or key[0] in want_devices)
             and (want_sensors is None or key[1] in want_sensors)
         }
+
+    def to_state(self) -> dict[str, Any]:
+        """Builtins only (for a checkpoint).
+
+        >>> live = LiveStats()
+        >>> live.add(["a"], ["t"], [2.5], [7])
+        >>> LiveStats.from_state(live.to_state()).devices == live.devices
+        True
+        """
+        return {
+            "sensors": list(self._sensor_index.keys),
+            "series": [list(key) for key in self._series_index.keys],
+            "by_sensor": self._by_sensor.to_state(),
+            "by_series": self._by_series.to_state(),
+            "readings_total": self.readings_total,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LiveStats:
+        """The live stats a :meth:`to_state` saved."""
+        out = cls()
+        out._sensor_index.of(list(state["sensors"]))
+        out._series_index.of([tuple(key) for key in state["series"]])
+        out._by_sensor = SeriesStats.from_state(state["by_sensor"])
+        out._by_series = SeriesStats.from_state(state["by_series"])
+        out.device_ids = {key[0] for key in out._series_index.keys}
+        out.readings_total = int(state["readings_total"])
+        return out
 
     def sensor_names(self) -> list[str]:
         """Every sensor seen."""

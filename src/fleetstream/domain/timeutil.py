@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -90,3 +91,44 @@ def parse_time(text: str) -> int:
         msg = f'"{text}" is outside 0001-01-01 to 9999-12-31 UTC'
         raise ValueError(msg)
     return us
+
+
+_DURATION_UNITS = {
+    "us": 1,
+    "ms": 1_000,
+    "s": 1_000_000,
+    "m": 60_000_000,
+    "h": 3_600_000_000,
+    "d": 86_400_000_000,
+}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)?\s*")
+
+
+def parse_duration(text: str) -> int:
+    """A duration such as ``500ms``, ``10s``, ``1m``, ``2h``, ``1d`` (plain numbers: seconds), in µs.
+
+    Raises:
+        ValueError: with a message fit to show a user.
+
+    >>> parse_duration("10s"), parse_duration("1m"), parse_duration("1.5"), parse_duration("250ms")
+    (10000000, 60000000, 1500000, 250000)
+    """
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        msg = f'expected a duration such as "500ms", "10s", "1m", "1h" or "1d", got "{text}"'
+        raise ValueError(msg)
+    number, unit = match.groups()
+    return round(float(number) * _DURATION_UNITS[unit or "s"])
+
+
+def format_duration(us: int) -> str:
+    """The shortest exact text of a duration (``10s``, ``1m``, ``1500ms``).
+
+    >>> format_duration(60_000_000), format_duration(10_000_000), format_duration(1_500_000)
+    ('1m', '10s', '1500ms')
+    """
+    for unit in ("d", "h", "m", "s", "ms"):
+        size = _DURATION_UNITS[unit]
+        if us >= size and us % size == 0:
+            return f"{us // size}{unit}"
+    return f"{us}us"

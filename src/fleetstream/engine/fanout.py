@@ -9,27 +9,35 @@ therefore never slows ingest, and a stalled one does not linger.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
+from typing import Generic, TypeVar
 
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage
 
+T = TypeVar("T")
 
-class Subscriber:
-    """One live client's view of the stream."""
+
+class Subscriber(Generic[T]):
+    """One live client's view of a stream (of device messages, windows, device events ...)."""
 
     def __init__(
-        self, device_ids: Collection[str] | None, max_queue: int, on_close: Callable[[Subscriber], None]
+        self,
+        device_ids: Collection[str] | None,
+        max_queue: int,
+        on_close: Callable[[Subscriber[T]], None],
+        accept: Callable[[T], bool] | None = None,
     ) -> None:
         self.device_ids = frozenset(device_ids) if device_ids else None
-        self.queue: asyncio.Queue[DeviceMessage] = asyncio.Queue(max_queue)
+        self.accept = accept
+        self.queue: asyncio.Queue[T] = asyncio.Queue(max_queue)
         self.skipped = 0
         self.dropped = False
         self.full_since: float | None = None
         self._wakeup = asyncio.Event()
         self._on_close = on_close
 
-    async def get(self) -> DeviceMessage | None:
+    async def get(self) -> T | None:
         """The next message, or ``None`` once the subscriber was dropped and has drained."""
         while True:
             if not self.queue.empty():
@@ -41,7 +49,7 @@ class Subscriber:
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    def offer(self, message: DeviceMessage, now: float, stall_timeout_s: float) -> None:
+    def offer(self, message: T, now: float, stall_timeout_s: float) -> None:
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -72,8 +80,8 @@ class Hub:
         self._monotonic = monotonic
         self.max_queue = max_queue
         self.stall_timeout_s = stall_timeout_s
-        self._all: set[Subscriber] = set()
-        self._by_device: dict[str, set[Subscriber]] = {}
+        self._all: set[Subscriber[DeviceMessage]] = set()
+        self._by_device: dict[str, set[Subscriber[DeviceMessage]]] = {}
         self.dropped_total = 0
 
     def __len__(self) -> int:
@@ -81,9 +89,9 @@ class Hub:
 
     def subscribe(
         self, device_ids: Collection[str] | None = None, max_queue: int | None = None
-    ) -> Subscriber:
+    ) -> Subscriber[DeviceMessage]:
         """A new subscriber to all messages, or to those of ``device_ids``."""
-        sub = Subscriber(device_ids, max_queue or self.max_queue, self._remove)
+        sub: Subscriber[DeviceMessage] = Subscriber(device_ids, max_queue or self.max_queue, self._remove)
         if sub.device_ids is None:
             self._all.add(sub)
         else:
@@ -126,10 +134,10 @@ class Hub:
             sub.drop()
             self._remove(sub)
 
-    def _everyone(self) -> set[Subscriber]:
+    def _everyone(self) -> set[Subscriber[DeviceMessage]]:
         return self._all.union(*self._by_device.values())
 
-    def _remove(self, sub: Subscriber) -> None:
+    def _remove(self, sub: Subscriber[DeviceMessage]) -> None:
         self._all.discard(sub)
         for device in sub.device_ids or ():
             followers = self._by_device.get(device)
@@ -137,3 +145,50 @@ class Hub:
                 followers.discard(sub)
                 if not followers:
                     del self._by_device[device]
+
+
+class Channel(Generic[T]):
+    """A broadcast of derived records (emitted windows, device events) with the hub's rules.
+
+    Each subscriber gives a filter; publishing never waits (a full queue skips, a stalled
+    subscriber is dropped).
+    """
+
+    def __init__(
+        self, monotonic: Callable[[], float], *, max_queue: int = 1000, stall_timeout_s: float = 10.0
+    ) -> None:
+        self._monotonic = monotonic
+        self.max_queue = max_queue
+        self.stall_timeout_s = stall_timeout_s
+        self._subscribers: set[Subscriber[T]] = set()
+        self.dropped_total = 0
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self, accept: Callable[[T], bool] | None = None) -> Subscriber[T]:
+        """A new subscriber to the records ``accept`` takes (all, when None)."""
+        sub: Subscriber[T] = Subscriber(None, self.max_queue, self._subscribers.discard, accept)
+        self._subscribers.add(sub)
+        return sub
+
+    def publish(self, items: Iterable[T]) -> None:
+        """Offer records to every subscriber that takes them; never waits."""
+        if not self._subscribers:
+            return
+        now = self._monotonic()
+        chosen = list(items)
+        for sub in list(self._subscribers):
+            accept = sub.accept
+            for item in chosen:
+                if accept is None or accept(item):
+                    sub.offer(item, now, self.stall_timeout_s)
+            if sub.dropped:
+                self.dropped_total += 1
+                self._subscribers.discard(sub)
+
+    def close(self) -> None:
+        """End every subscription (shutdown)."""
+        for sub in list(self._subscribers):
+            sub.drop()
+        self._subscribers.clear()

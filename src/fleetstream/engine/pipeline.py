@@ -1,14 +1,20 @@
-"""The engine: consume the ``readings`` topic, make it durable, then feed the live processors.
+"""The engine: consume the ``readings`` topic, make it durable, then feed the stream processors.
 
 For each batch taken from the bus::
 
     dedup (memory, then the store for keys older than the horizon)
       → store.write (one transaction: the durable point)
       → batch.commit (senders get their 2xx)
-      → live stats, fan-out to live subscribers
+      → processors (live stats, windows, twins), in log order
+      → fan-out to live subscribers (readings, emitted windows, device events)
 
 A failed write fails the batch (senders get a 503 and may retry) and leaves
 no trace in the dedup memory, so the retry is not mistaken for a duplicate.
+
+What the processors emit is stored by a flusher every ``flush_interval_s``; every
+``checkpoint_interval_s`` it also stores their state with the log position it
+reflects. On start the engine restores that checkpoint and replays the log after
+it before taking new traffic, so a crash loses no processor state (docs/stream.md).
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-from fleetstream.config import EngineSettings
+from fleetstream.config import EngineSettings, StreamSettings
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
 from fleetstream.domain.dedup import Deduplicator
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.stats import LiveStats, RateMeter
-from fleetstream.engine.fanout import Hub
+from fleetstream.domain.twin import DeviceEvent
+from fleetstream.domain.windows import WindowAggregate
+from fleetstream.engine.fanout import Channel, Hub
+from fleetstream.engine.processors import StreamProcessors
 from fleetstream.errors import FleetstreamError, StoreError
-from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Store
+from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Checkpoint, Derived, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +46,29 @@ ENGINE_GROUP = "fleetstream-engine"
 class Engine:
     """Runs the processors of one process over the bus; see the module docstring."""
 
-    def __init__(self, bus: Bus, store: Store, hub: Hub, clock: Clock, settings: EngineSettings) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        hub: Hub,
+        clock: Clock,
+        settings: EngineSettings,
+        stream: StreamSettings | None = None,
+    ) -> None:
         self.bus = bus
         self.store = store
         self.hub = hub
         self.clock = clock
         self.settings = settings
-        self.dedup = Deduplicator(round(settings.dedup_horizon_s * 1_000_000))
-        self.stats = LiveStats()
+        self.stream = stream or StreamSettings()
+        self.dedup = Deduplicator(self.stream.dedup_horizon_us)
+        self.processors = StreamProcessors(self.stream)
+        self.windows: Channel[WindowAggregate] = Channel(clock.monotonic)
+        self.events: Channel[DeviceEvent] = Channel(clock.monotonic)
+        self._pending = Derived()
+        self._last_checkpoint = 0.0
+        self._flusher: asyncio.Task[None] | None = None
+        self.replayed = 0
         self.rate = RateMeter()
         self.sensors_seen: set[str] = set()
         self.messages_total = 0
@@ -61,12 +85,14 @@ class Engine:
             recent = await self.store.recent_keys(newest - self.dedup.horizon_us)
             self.dedup.remember([key for key, _ in recent], [ts for _, ts in recent])
         self.sensors_seen = await self.store.sensors()
+        await self._recover()
         batches = self.bus.subscribe(READINGS_TOPIC, ENGINE_GROUP, self.settings.batch_max_records)
         self._task = asyncio.create_task(self._run(batches), name="fleetstream-engine")
+        self._flusher = asyncio.create_task(self._flush_forever(), name="fleetstream-flusher")
         log.info("engine started at log position %d, %d dedup keys in memory", self._seq, len(self.dedup))
 
     async def stop(self) -> None:
-        """Finish what the bus already holds, then stop (call after the bus is closed)."""
+        """Finish what the bus already holds, store a checkpoint, then stop (call after the bus is closed)."""
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), 30)
@@ -74,7 +100,99 @@ class Engine:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            try:
+                await self._flush(checkpoint=True)
+            except Exception:
+                log.exception("storing the final checkpoint failed; the next start replays more of the log")
         self.hub.close()
+        self.windows.close()
+        self.events.close()
+
+    @property
+    def stats(self) -> LiveStats:
+        """Running metrics of everything processed."""
+        return self.processors.stats
+
+    # -- recovery and checkpoints ---------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Restore the newest checkpoint, then replay the log after it (before any new traffic)."""
+        saved = await self.store.checkpoint()
+        if saved is not None:
+            resident = await self.store.load_twins(StreamProcessors.resident_ids(saved.state))
+            try:
+                self.processors.restore(saved.state, resident)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring an unreadable checkpoint (%s): replaying the whole log", exc)
+                self.processors = StreamProcessors(self.stream)
+        start = self.processors.position
+        started = self.clock.monotonic()
+        told = started
+        while True:
+            batch = await self.store.replay(self.processors.position, self.settings.batch_max_records)
+            if not batch.records:
+                break
+            await self._process(batch, live=False)
+            self.replayed += batch.records
+            if len(self._pending.windows) + len(self._pending.events) > 200_000:
+                await self._flush(checkpoint=False)
+            now = self.clock.monotonic()
+            if now - told >= 5:
+                told = now
+                log.info("replaying the log: at position %d of %d", self.processors.position, self._seq)
+        if self.replayed:
+            await self._flush(checkpoint=True)
+            log.info(
+                "replayed %d records (log positions %d to %d) in %.1f s",
+                self.replayed,
+                start + 1,
+                self.processors.position,
+                self.clock.monotonic() - started,
+            )
+
+    async def _flush_forever(self) -> None:
+        interval = self.settings.flush_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tick()
+                due = self.clock.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
+                await self._flush(checkpoint=due)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("storing windows, device events and twins failed; retrying")
+
+    async def flush(self) -> None:
+        """Store what the processors emitted and a checkpoint now (tests, shutdown)."""
+        await self._flush(checkpoint=True)
+
+    async def tick(self) -> None:
+        """Let the wall clock act now, as the flusher does every second: idle windows close,
+        silent devices change status (tests drive it with a manual clock)."""
+        self._take(self.processors.on_timer(self.clock.now_us()), live=True)
+
+    async def _flush(self, *, checkpoint: bool) -> None:
+        """Store what the processors emitted (and, with ``checkpoint``, their state) in one transaction."""
+        pending, self._pending = self._pending, Derived()
+        saved = None
+        if checkpoint:
+            pending.twins += self.processors.take_dirty()
+            saved = Checkpoint(self.processors.position, self.processors.snapshot(), self.clock.now_us())
+        if not pending and saved is None:
+            return
+        try:
+            await self.store.write_derived(pending, saved)
+        except Exception:
+            pending.extend(self._pending)  # keep it for the next try, in order
+            self._pending = pending
+            raise
+        if checkpoint:
+            self._last_checkpoint = self.clock.monotonic()
 
     @property
     def position(self) -> int:
@@ -136,10 +254,10 @@ class Engine:
         if overlapped and not previous_ok:
             msg = "an earlier batch failed to be stored; retry (what was stored is deduplicated)"
             await taken.fail(StoreError(msg))
-            self._after_commit(fresh)
+            await self._after_commit(fresh)
             return False
         await taken.commit()
-        self._after_commit(fresh)
+        await self._after_commit(fresh)
         return True
 
     async def _fail(self, taken: BusBatch, exc: BaseException) -> None:
@@ -182,12 +300,26 @@ class Engine:
         out.messages_count = len(set(out.msg)) + len(out.events)
         return out, remembered
 
-    def _after_commit(self, batch: Batch) -> None:
-        stats = self.stats
-        known = stats.sensor_count
-        stats.add(batch.device_id, batch.sensor, batch.value, batch.ts)
-        if stats.sensor_count != known:
-            self.sensors_seen.update(stats.sensor_names())
+    async def _after_commit(self, batch: Batch) -> None:
+        known = self.stats.sensor_count
+        await self._process(batch, live=True)
+        if self.stats.sensor_count != known:
+            self.sensors_seen.update(self.stats.sensor_names())
         self.messages_total += batch.messages_count
         self.rate.add(len(batch), self.clock.monotonic())
         self.hub.publish(batch)
+
+    async def _process(self, batch: Batch, *, live: bool) -> None:
+        """Feed a durable batch to the processors (loading evicted twins first) and keep their output."""
+        missing = self.processors.missing(batch)
+        if missing:
+            self.processors.load(await self.store.load_twins(missing))
+        self._take(self.processors.on_batch(batch, self.clock.now_us()), live=live)
+
+    def _take(self, derived: Derived, *, live: bool) -> None:
+        self._pending.extend(derived)
+        if live:
+            if derived.windows:
+                self.windows.publish(derived.windows)
+            if derived.events:
+                self.events.publish(derived.events)

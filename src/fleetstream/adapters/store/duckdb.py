@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,16 +19,20 @@ from urllib.parse import unquote, urlsplit
 
 import duckdb
 import msgspec
+import numpy as np
 import pyarrow as pa
 
-from fleetstream.domain.batch import Batch
-from fleetstream.domain.records import DedupKey
+from fleetstream.adapters.store import duckdb_derived as derived
+from fleetstream.domain.batch import Batch, message_numbers
+from fleetstream.domain.records import DedupKey, DeviceMessage
+from fleetstream.domain.twin import DeviceEvent, DeviceTwin
+from fleetstream.domain.windows import WindowAggregate
 from fleetstream.errors import ConfigError, StoreError
-from fleetstream.ports import DeadLetter, MetricsQuery
+from fleetstream.ports import Checkpoint, DeadLetter, Derived, EventQuery, MetricsQuery, WindowQuery
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS readings (
@@ -40,7 +44,9 @@ CREATE TABLE IF NOT EXISTS readings (
     unit VARCHAR,
     device_type VARCHAR NOT NULL,
     msg_id VARCHAR,
-    received_at TIMESTAMP NOT NULL  -- UTC
+    received_at TIMESTAMP NOT NULL, -- UTC
+    kind VARCHAR NOT NULL DEFAULT 'telemetry', -- the message's kind (heartbeat, ...); schema 2
+    msg_seq BIGINT                  -- log position of the message's first row; schema 2
 );
 -- Messages that carry no reading (e.g. startup): kept so every acknowledged message is durable.
 CREATE TABLE IF NOT EXISTS device_messages (
@@ -76,6 +82,8 @@ _READINGS_SCHEMA = pa.schema(
         ("device_type", pa.string()),
         ("msg_id", pa.string()),
         ("received_at", pa.timestamp("us")),
+        ("kind", pa.string()),
+        ("msg_seq", pa.int64()),
     ]
 )
 _DEAD_LETTERS_SCHEMA = pa.schema(
@@ -154,17 +162,21 @@ class DuckDBStore:
             msg = f"cannot open DuckDB file {self.path}: {exc}"
             raise StoreError(msg) from exc
         con.execute(_DDL)
+        # Schema 1 files: readings gain the message kind (replays rebuild heartbeats from it).
+        con.execute("ALTER TABLE readings ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'telemetry'")
+        con.execute("ALTER TABLE readings ADD COLUMN IF NOT EXISTS msg_seq BIGINT")
+        con.execute(derived.DDL)
         # A larger WAL than the default 16 MB: fewer checkpoints stalling a commit under load, at the
         # cost of a longer WAL replay after a crash (seconds).
         con.execute("SET checkpoint_threshold = '128MB'")
         rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
         row = rows[0] if rows else None
-        if row is None:
-            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             con.close()
             msg = f"{self.path} was written by a newer fleetstream (schema {row[0]} > {SCHEMA_VERSION})"
             raise StoreError(msg)
+        con.execute("DELETE FROM meta WHERE key = 'schema_version'")
+        con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         self._con = con
 
     async def close(self) -> None:
@@ -359,6 +371,88 @@ class DuckDBStore:
     def _sensors(self) -> set[str]:
         return {row[0] for row in self._cursor().execute("SELECT DISTINCT sensor FROM readings").fetchall()}
 
+    # -- derived state -------------------------------------------------------------
+
+    async def write_derived(self, derived_: Derived, checkpoint: Checkpoint | None = None) -> None:
+        await self._on_writer(lambda: derived.write_derived(self._connection(), derived_, checkpoint))
+
+    async def checkpoint(self) -> Checkpoint | None:
+        return await self._on_writer(lambda: derived.checkpoint(self._connection()))
+
+    async def load_twins(self, device_ids: Collection[str]) -> list[DeviceTwin]:
+        return await self._on_writer(lambda: derived.load_twins(self._connection(), device_ids))
+
+    async def list_twins(
+        self, device_type: str | None, status: str | None, limit: int, offset: int
+    ) -> tuple[int, list[DeviceTwin]]:
+        return await self._on_reader(
+            lambda: derived.list_twins(self._cursor(), device_type, status, limit, offset)
+        )
+
+    async def query_windows(self, query: WindowQuery) -> list[WindowAggregate]:
+        return await self._on_reader(lambda: derived.query_windows(self._cursor(), query))
+
+    async def device_events(self, query: EventQuery) -> list[DeviceEvent]:
+        return await self._on_reader(lambda: derived.device_events(self._cursor(), query))
+
+    async def late_counts(self) -> dict[str, int]:
+        return await self._on_reader(lambda: derived.late_counts(self._cursor()))
+
+    async def device_rows(self, device_id: str, until: int) -> Batch:
+        return await self._on_reader(self._device_rows, device_id, until)
+
+    def _device_rows(self, device_id: str, until: int) -> Batch:
+        cursor = self._cursor()
+        rows = cursor.execute(
+            """SELECT seq, device_id, epoch_us(ts), sensor, value, unit, device_type, msg_id,
+                      epoch_us(received_at), kind, msg_seq
+               FROM readings WHERE device_id = ? AND ts <= make_timestamp(?) ORDER BY seq""",
+            [device_id, until],
+        ).fetchall()
+        bare = cursor.execute(
+            """SELECT seq, device_id, epoch_us(ts), kind, device_type, msg_id, epoch_us(received_at)
+               FROM device_messages WHERE device_id = ? AND ts <= make_timestamp(?) ORDER BY seq""",
+            [device_id, until],
+        ).fetchall()
+        return _replayed(rows, bare)
+
+    async def replay(self, after: int, max_records: int) -> Batch:
+        return await self._on_writer(self._replay, after, max_records)
+
+    def _replay(self, after: int, max_records: int) -> Batch:
+        con = self._connection()
+        spare = 1_000  # rows read past max_records so the last message is not cut in two
+        rows = con.execute(
+            """SELECT seq, device_id, epoch_us(ts), sensor, value, unit, device_type, msg_id,
+                      epoch_us(received_at), kind, msg_seq
+               FROM readings WHERE seq > ? ORDER BY seq LIMIT ?""",
+            [after, max_records + spare],
+        ).fetchall()
+        if len(rows) > max_records:
+            cut = max_records
+            ident = _message_of(rows[cut - 1])
+            while cut < len(rows) and _message_of(rows[cut]) == ident:
+                cut += 1
+            rows = rows[:cut]
+            upper_sql, params = "seq > ? AND seq <= ?", [after, rows[-1][0]]
+        else:  # the end of the readings: every reading-less message after them too
+            upper_sql, params = "seq > ?", [after]
+        bare = con.execute(
+            f"""SELECT seq, device_id, epoch_us(ts), kind, device_type, msg_id, epoch_us(received_at)
+                FROM device_messages WHERE {upper_sql} ORDER BY seq LIMIT ?""",
+            [*params, max_records],
+        ).fetchall()
+        if rows and bare:
+            # Keep log order within the batch as the engine sees it live: rows, then reading-less
+            # messages after all of them. Stop at the first row that follows a reading-less message.
+            first_bare = bare[0][0]
+            head = [r for r in rows if r[0] < first_bare]
+            following = [r[0] for r in rows if r[0] > first_bare]
+            if following:
+                bare = [b for b in bare if b[0] < following[0]]
+            rows = head
+        return _replayed(rows, bare)
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query (for tests, benchmarks and the shell)."""
         return await self._on_reader(lambda: self._cursor().execute(sql, list(params)).fetchall())
@@ -393,6 +487,54 @@ async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         raise StoreError(msg) from exc
 
 
+def _message_positions(batch: Batch) -> np.ndarray | list[None]:
+    """Each row's message's first log position (rows of one message are adjacent and share ``msg``)."""
+    if len(batch.seq) != len(batch) or len(batch.msg) != len(batch):
+        return [None] * len(batch)
+    msg = np.asarray(batch.msg, np.int64)
+    starts = np.empty(len(msg), bool)
+    starts[:1] = True
+    np.not_equal(msg[1:], msg[:-1], out=starts[1:])
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(msg)), 0))
+    return np.asarray(batch.seq, np.int64)[first]
+
+
+def _message_of(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # A message's rows share device, event time, arrival time and kind.
+    # A message's rows share its first row's position (older files: device, times and kind).
+    return (row[10],) if row[10] is not None else (row[1], row[2], row[8], row[9])
+
+
+def _replayed(rows: list[tuple[Any, ...]], bare: list[tuple[Any, ...]]) -> Batch:
+    out = Batch()
+    numbers = iter(message_numbers(len(rows) + len(bare)))
+    previous: tuple[Any, ...] | None = None
+    number = -1
+    for row in rows:
+        seq, device, ts, sensor, value, unit, device_type, msg_id, received_at, kind, _ = row
+        ident = _message_of(row)
+        if ident != previous:
+            number = next(numbers)
+            previous = ident
+            out.messages_count += 1
+        out.seq.append(seq)
+        out.device_id.append(device)
+        out.ts.append(ts)
+        out.sensor.append(sensor)
+        out.value.append(value)
+        out.unit.append(unit)
+        out.device_type.append(device_type)
+        out.msg_id.append(msg_id)
+        out.kind.append(kind)
+        out.msg.append(number)
+        out.received_at.append(received_at)
+    for seq, device, ts, kind, device_type, msg_id, received_at in bare:
+        out.events.append(DeviceMessage(device, ts, kind, device_type, [], msg_id, received_at, seq))
+        out.event_msg.append(next(numbers))
+        out.messages_count += 1
+    return out
+
+
 def _empty(names: list[str]) -> dict[str, Any]:
     return {name: (0 if name == "count" else None) for name in names}
 
@@ -411,6 +553,8 @@ def _to_arrow(batch: Batch) -> tuple[pa.Table | None, pa.Table | None]:
                 pa.array(batch.device_type, pa.string()),
                 pa.array(batch.msg_id, pa.string()),
                 pa.array(batch.received_at, pa.timestamp("us")),
+                pa.array(batch.kind, pa.string()),
+                pa.array(_message_positions(batch), pa.int64()),
             ],
             schema=_READINGS_SCHEMA,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Path, Query, Request
@@ -23,10 +23,11 @@ from fleetstream.engine.fanout import Subscriber
 from fleetstream.errors import InvalidReading
 
 router = APIRouter(tags=["live"])
+T = TypeVar("T")
 
 KEEPALIVE_S = 15.0
 _encode = msgspec.json.Encoder().encode
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def reading_events(sensors: set[str]) -> Callable[[DeviceMessage], list[dict[str, Any]]]:
@@ -59,17 +60,17 @@ def message_event(message: DeviceMessage) -> dict[str, Any]:
     return event
 
 
-async def _drain(sub: Subscriber, first: DeviceMessage, most: int = 500) -> list[DeviceMessage]:
+async def _drain(sub: Subscriber[T], first: T, most: int = 500) -> list[T]:
     batch = [first]
     while len(batch) < most and not sub.queue.empty():
         batch.append(sub.queue.get_nowait())
     return batch
 
 
-async def _follow(
+async def follow(
     request: Request,
-    sub: Subscriber,
-    frame: Callable[[list[DeviceMessage]], bytes],
+    sub: Subscriber[T],
+    frame: Callable[[list[T]], bytes],
     skipped: Callable[[int], bytes],
     hello: bytes,
     keepalive: bytes,
@@ -121,7 +122,7 @@ async def stream_readings(
         )
 
     sub = hub.subscribe(devices or None)
-    body = _follow(
+    body = follow(
         request,
         sub,
         frame,
@@ -129,7 +130,7 @@ async def stream_readings(
         b"retry: 2000\n: connected\n\n",
         b": keep-alive\n\n",
     )
-    return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.post(
@@ -180,6 +181,6 @@ async def follow_device(
     sub = hub.subscribe([device_id])
     hello = b"retry: 2000\n: following " + device_id.encode() + b"\n\n" if sse else b""
     keepalive = b": keep-alive\n\n" if sse else b""  # a blank NDJSON line would break line parsers
-    body = _follow(request, sub, frame, skipped, hello, keepalive)
+    body = follow(request, sub, frame, skipped, hello, keepalive)
     media = "text/event-stream" if sse else "application/x-ndjson"
-    return StreamingResponse(body, media_type=media, headers=_SSE_HEADERS)
+    return StreamingResponse(body, media_type=media, headers=SSE_HEADERS)

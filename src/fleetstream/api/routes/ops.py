@@ -41,6 +41,8 @@ _HELP = {
     "requests_total": ("counter", "Ingest requests received."),
     "rate_per_s": ("gauge", "Readings per second acknowledged, over the last seconds."),
     "devices": ("gauge", "Devices that have sent readings since start."),
+    "late_total": ("counter", "Readings later than the allowed lateness (stored, kept out of windows)."),
+    "replayed_total": ("counter", "Log records replayed into the processors at start (after a crash)."),
     "log_position": (
         "gauge",
         "Position in the durable log of the last stored record (a reading, or an event without one).",
@@ -61,6 +63,10 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
         "live_subscribers": ("gauge", "Open live streams."),
         "live_dropped_total": ("counter", "Live streams dropped for stalling."),
     }
+    late_lines = [
+        f'fleetstream_late_readings_total{{sensor="{_label(sensor)}"}} {n}'
+        for sensor, n in sorted(runtime.engine.processors.late_total.items())
+    ]
     for source in runtime.sources.values():
         for name, (kind, text, value) in source.metrics().items():
             help_[name] = (kind, text)
@@ -70,4 +76,13 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
         kind, text = help_[name]
         lines += [f"# HELP fleetstream_{name} {text}", f"# TYPE fleetstream_{name} {kind}"]
         lines.append(f"fleetstream_{name} {value}")
+    lines += [
+        "# HELP fleetstream_late_readings_total Late readings per sensor.",
+        "# TYPE fleetstream_late_readings_total counter",
+        *late_lines,
+    ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -183,15 +183,21 @@ async def live_stats(
     limit: Annotated[int, Query(ge=1, le=100_000, description="most per-device rows")] = 1000,
 ) -> Response:
     """Per sensor (and per device+sensor): count, mean, min, max, stddev, last value and its event
-    time, since the process started, plus the ingest rate. Per-device rows come for the devices
-    named by `device_id`, or for all (up to `limit`) with `per_device=true`."""
+    time, and per sensor `late` (readings beyond the allowed lateness, kept out of windows), plus
+    the ingest rate and the current `watermark`. Kept across restarts (checkpointed). Per-device
+    rows come for the devices named by `device_id`, or for all (up to `limit`) with
+    `per_device=true`."""
     runtime = request.app.state.runtime
     sensors = set(split_values(sensor))
     devices = set(split_values(device_id))
+    late = engine.processors.late_total
     body: dict[str, Any] = {
         "ingest": ingest_counters(runtime),
+        "watermark": None
+        if engine.processors.windows.watermark is None
+        else us_to_iso(engine.processors.windows.watermark),
         "sensors": {
-            name: _stats(s.as_dict())
+            name: {**_stats(s.as_dict()), "late": late.get(name, 0)}
             for name, s in sorted(engine.stats.sensors.items())
             if not sensors or name in sensors
         },
@@ -225,4 +231,6 @@ def ingest_counters(runtime: Any) -> dict[str, Any]:
         "rejected_total": runtime.gateway.rejected_total,
         "requests_total": runtime.gateway.requests_total,
         "log_position": engine.position,
+        "late_total": sum(engine.processors.late_total.values()),
+        "replayed_total": engine.replayed,
     }
