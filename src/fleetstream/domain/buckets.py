@@ -232,18 +232,16 @@ def pick_bucket(start: int, end: int, points: int, tz: str = "UTC") -> int:
     ('10s', '6h')
     """
     best: tuple[int, int] | None = None
-    error: ValueError | None = None
     for width in NICE_BUCKETS:
         try:
             n = Buckets(width, tz).count(start, end)
-        except ValueError as exc:
-            error = exc
+        except ValueError:
             continue
         if n <= points:
             return width
         if best is None or n < best[0]:
             best = (n, width)
     if best is None:
-        assert error is not None
-        raise error
+        msg = f"no bucket near the range can be shown in {tz} (0001-01-01 to 9999-12-31 only)"
+        raise ValueError(msg)
     return best[1]
