@@ -6,6 +6,11 @@ to midnight in a time zone, counting days from Monday 2000-01-03 (the origin
 DuckDB and TimescaleDB use), so ``7d`` buckets are weeks starting on Monday; a
 day bucket on the day clocks go forward is 23 h long, on the day they go back
 25 h. Every instant is an integer of microseconds since the epoch.
+
+Time zone rules come from the system's IANA database through :mod:`zoneinfo`,
+for every store: DuckDB's ICU carries its own copy, which differs for some zones
+(where clocks go back at midnight, rules changed since), and two stores must
+never disagree on where a day starts.
 """
 
 from __future__ import annotations
