@@ -80,6 +80,24 @@ class MetricsQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesQuery:
+    """Aggregates of readings in ``[start, end)`` per sensor and time bucket.
+
+    ``bucket`` is in microseconds; whole days are aligned to midnight in ``tz``, shorter buckets to
+    the epoch (see :class:`~fleetstream.domain.buckets.Buckets`, whose time zone data every adapter
+    uses, so all give the same buckets).
+    """
+
+    start: int
+    end: int
+    bucket: int
+    aggs: tuple[str, ...]
+    sensors: tuple[str, ...] = ()
+    device_ids: tuple[str, ...] = ()
+    tz: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A device message, or part of one, that could not be ingested, kept with why.
 
@@ -183,6 +201,11 @@ class Store(Protocol):
 
     async def query_metrics(self, query: MetricsQuery) -> dict[str, dict[str, Any]]:
         """sensor → aggregate name → value, for every sensor with data (or asked for)."""
+        ...
+
+    async def query_series(self, query: SeriesQuery) -> dict[str, list[dict[str, Any]]]:
+        """sensor → one ``{"t": bucket start (µs), "<agg>": value, ...}`` per bucket holding data,
+        in time order, for every sensor with data (a sensor asked for without data: ``[]``)."""
         ...
 
     async def sensors(self) -> set[str]:

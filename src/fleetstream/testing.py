@@ -20,12 +20,21 @@ import msgspec
 from fleetstream.adapters.bus.memory import MemoryBus
 from fleetstream.config import Settings
 from fleetstream.domain.batch import Batch, message_numbers
+from fleetstream.domain.buckets import Buckets
 from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.records import DedupKey, DeviceMessage, Reading
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import ALL_DEVICES, LateReadings, WindowAggregate
 from fleetstream.ingest.gateway import IngestResult
-from fleetstream.ports import Checkpoint, DeadLetter, Derived, EventQuery, MetricsQuery, WindowQuery
+from fleetstream.ports import (
+    Checkpoint,
+    DeadLetter,
+    Derived,
+    EventQuery,
+    MetricsQuery,
+    SeriesQuery,
+    WindowQuery,
+)
 from fleetstream.runtime import Runtime
 
 __all__ = ["Harness", "InMemoryStore", "ManualClock"]
@@ -97,6 +106,21 @@ class InMemoryStore:
                 continue
             values.setdefault(r.sensor, []).append(r.value)
         return {s: {a: _agg(a, v) for a in dict.fromkeys(query.aggs)} for s, v in sorted(values.items())}
+
+    async def query_series(self, query: SeriesQuery) -> dict[str, list[dict[str, Any]]]:
+        buckets = Buckets(query.bucket, query.tz)
+        values: dict[str, dict[int, list[float]]] = {s: {} for s in query.sensors}
+        for r in self.readings:
+            if not query.start <= r.ts < query.end or (query.sensors and r.sensor not in query.sensors):
+                continue
+            if query.device_ids and r.device_id not in query.device_ids:
+                continue
+            values.setdefault(r.sensor, {}).setdefault(buckets.start_of(r.ts), []).append(r.value)
+        aggs = dict.fromkeys(query.aggs)
+        return {
+            s: [{"t": t, **{a: _agg(a, v) for a in aggs}} for t, v in sorted(by_t.items())]
+            for s, by_t in sorted(values.items())
+        }
 
     async def sensors(self) -> set[str]:
         return {r.sensor for r in self.readings}

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import statistics
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from fleetstream.adapters.store.duckdb import DuckDBStore
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
-from fleetstream.ports import DeadLetter, MetricsQuery, Store
+from fleetstream.ports import DeadLetter, MetricsQuery, SeriesQuery, Store
 from fleetstream.testing import InMemoryStore
 
 S = 1_000_000
@@ -189,3 +194,172 @@ def test_duckdb_survives_reopen(tmp_path: Path) -> None:
     call(again.start())
     assert call(again.log_position()) == (4, 30 * S)
     call(again.close())
+
+
+# --- series ------------------------------------------------------------------------------------
+
+AMS = ZoneInfo("Europe/Amsterdam")
+SPRING = datetime(2024, 3, 30, 12, tzinfo=UTC)
+"""Half a day before clocks in Amsterdam go forward (2024-03-31 02:00 → 03:00)."""
+
+
+def _at(dt: datetime) -> int:
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _series_data() -> list[DeviceMessage]:
+    """Every 25 minutes for two days across the DST change: `t` from devices a and b, `h` from a;
+    plus four readings either side of the epoch for buckets that must floor below zero."""
+    out = []
+    for i in range(2 * 24 * 60 // 25):
+        ts = _at(SPRING + timedelta(minutes=25 * i))
+        readings = [Reading("a", ts, "t", float(i % 17), None, "Sensor", None)]
+        readings.append(Reading("b", ts, "t", float(i % 5) * 1.5, None, "Sensor", None))
+        if i % 3 == 0:
+            readings.append(Reading("a", ts, "h", 40.0 + i % 11, None, "Sensor", None))
+        out.extend(DeviceMessage(r.device_id, ts, "telemetry", "Sensor", [r], None, ts, 0) for r in readings)
+    for s in (-8, -7, -1, 0, 6, 13):
+        out.append(msg(0, "e", s, {"t": float(s)}))
+    return [replace(m, seq=i + 1) for i, m in enumerate(out)]
+
+
+def _expected_series(
+    messages: list[DeviceMessage], start: int, end: int, sensor: str, start_of: Callable[[int], int]
+) -> list[tuple[int, list[float]]]:
+    groups: dict[int, list[float]] = {}
+    for m in messages:
+        for r in m.readings:
+            if r.sensor == sensor and start <= r.ts < end:
+                groups.setdefault(start_of(r.ts), []).append(r.value)
+    return sorted(groups.items())
+
+
+def _check(found: list[dict[str, Any]], expected: list[tuple[int, list[float]]]) -> None:
+    assert [p["t"] for p in found] == [t for t, _ in expected]
+    for point, (_, values) in zip(found, expected, strict=True):
+        assert point["count"] == len(values)
+        assert (point["min"], point["max"]) == (min(values), max(values))
+        assert point["sum"] == pytest.approx(math.fsum(values), rel=1e-12)
+        assert point["avg"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+
+
+AGGS = ("count", "min", "max", "sum", "avg")
+
+
+def test_series_day_buckets_at_midnight_in_amsterdam_across_dst(store: Store) -> None:
+    data = _series_data()
+    call(store.write(Batch.from_messages(data)))
+    start, end = _at(SPRING), _at(SPRING + timedelta(days=2))
+
+    def local_midnight(ts: int) -> int:
+        day = datetime.fromtimestamp(ts / S, AMS).date()
+        return _at(datetime(day.year, day.month, day.day, tzinfo=AMS))
+
+    got = call(store.query_series(SeriesQuery(start, end, 86_400 * S, AGGS, ("t",), (), "Europe/Amsterdam")))
+
+    assert list(got) == ["t"]
+    assert [p["t"] for p in got["t"]] == [
+        _at(datetime.fromisoformat(t))
+        for t in ("2024-03-30T00:00:00+01:00", "2024-03-31T00:00:00+01:00", "2024-04-01T00:00:00+02:00")
+    ]
+    _check(got["t"], _expected_series(data, start, end, "t", local_midnight))
+
+
+def test_series_odd_bucket_across_the_epoch(store: Store) -> None:
+    data = _series_data()
+    call(store.write(Batch.from_messages(data)))
+
+    got = call(store.query_series(SeriesQuery(-60 * S, 60 * S, 7 * S, AGGS, ("t",))))
+
+    floor7 = _expected_series(data, -60 * S, 60 * S, "t", lambda ts: ts // (7 * S) * 7 * S)
+    assert [p["t"] // S for p in got["t"]] == [-14, -7, 0, 7]  # -8 → -14; -7, -1 → -7; 0, 6 → 0; 13 → 7
+    _check(got["t"], floor7)
+
+
+def test_series_sub_day_buckets_ignore_the_zone_and_filter_devices(store: Store) -> None:
+    data = _series_data()
+    call(store.write(Batch.from_messages(data)))
+    start, end = _at(SPRING + timedelta(hours=10)), _at(SPRING + timedelta(hours=16))
+    only_a = [m for m in data if m.device_id == "a"]
+    hourly = _expected_series(only_a, start, end, "t", lambda ts: ts - ts % (3_600 * S))
+
+    for tz in ("UTC", "Asia/Kolkata"):
+        got = call(store.query_series(SeriesQuery(start, end, 3_600 * S, AGGS, (), ("a",), tz)))
+        assert list(got) == ["h", "t"]
+        _check(got["t"], hourly)
+        _check(got["h"], _expected_series(only_a, start, end, "h", lambda ts: ts - ts % (3_600 * S)))
+
+
+def test_series_week_buckets_start_on_monday(store: Store) -> None:
+    data = _series_data()
+    call(store.write(Batch.from_messages(data)))
+    start, end = _at(SPRING), _at(SPRING + timedelta(days=2))
+
+    got = call(
+        store.query_series(
+            SeriesQuery(start, end, 7 * 86_400 * S, ("count",), ("h",), (), "Europe/Amsterdam")
+        )
+    )
+
+    # Saturday 30 March to Monday 1 April: the week from Monday 25 March, then the one from 1 April.
+    monday = _at(datetime(2024, 3, 25, tzinfo=AMS))
+    next_monday = _at(datetime(2024, 4, 1, tzinfo=AMS))
+    expected = _expected_series(data, start, end, "h", lambda ts: monday if ts < next_monday else next_monday)
+    assert got == {"h": [{"t": t, "count": len(vs)} for t, vs in expected]}
+    assert len(expected) == 2
+
+
+def test_series_quantiles_stddev_and_empty(store: Store) -> None:
+    call(store.write(Batch.from_messages([msg(i, "q", i, {"v": float(i * i % 23)}) for i in range(1, 41)])))
+    aggs = ("count", "p50", "p95", "stddev")
+
+    got = call(store.query_series(SeriesQuery(0, 100 * S, 20 * S, aggs, ("v", "nothing"))))
+
+    assert list(got) == ["nothing", "v"]
+    assert got["nothing"] == []
+    for point, seconds in zip(got["v"], (range(1, 20), range(20, 40), range(40, 41)), strict=True):
+        values = [float(i * i % 23) for i in seconds]
+        assert point["t"] == seconds[-1] // 20 * 20 * S
+        assert point["count"] == len(values)
+        if len(values) > 1:
+            cuts = statistics.quantiles(values, n=100, method="inclusive")
+            assert point["p50"] == pytest.approx(cuts[49])
+            assert point["p95"] == pytest.approx(cuts[94])
+            assert point["stddev"] == pytest.approx(statistics.stdev(values))
+        else:
+            assert (point["p50"], point["p95"], point["stddev"]) == (values[0], values[0], None)
+    assert call(store.query_series(SeriesQuery(200 * S, 300 * S, S, aggs))) == {}
+
+
+def test_both_stores_answer_the_same_series(tmp_path: Path) -> None:
+    data = Batch.from_messages(_series_data())
+    queries = [
+        SeriesQuery(
+            _at(SPRING), _at(SPRING + timedelta(days=2)), 86_400 * S, AGGS, (), (), "Europe/Amsterdam"
+        ),
+        SeriesQuery(-60 * S, _at(SPRING + timedelta(days=2)), 7 * S, AGGS),
+        SeriesQuery(
+            _at(SPRING),
+            _at(SPRING + timedelta(hours=30)),
+            3 * 3_600 * S,
+            AGGS,
+            ("t",),
+            ("b",),
+            "America/New_York",
+        ),
+    ]
+    answers = []
+    for make in ADAPTERS.values():
+        s = make(tmp_path)
+        call(s.start())
+        call(s.write(data))
+        answers.append([call(s.query_series(q)) for q in queries])
+        call(s.close())
+
+    memory, duck = answers
+    for a, b in zip(memory, duck, strict=True):
+        assert list(a) == list(b)
+        for sensor in a:
+            assert [p["t"] for p in a[sensor]] == [p["t"] for p in b[sensor]]
+            for p, q in zip(a[sensor], b[sensor], strict=True):
+                assert p == pytest.approx(q, rel=1e-12)

@@ -24,11 +24,20 @@ import pyarrow as pa
 
 from fleetstream.adapters.store import duckdb_derived as derived
 from fleetstream.domain.batch import Batch, message_numbers
+from fleetstream.domain.buckets import Buckets
 from fleetstream.domain.records import DedupKey, DeviceMessage
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.errors import ConfigError, StoreError
-from fleetstream.ports import Checkpoint, DeadLetter, Derived, EventQuery, MetricsQuery, WindowQuery
+from fleetstream.ports import (
+    Checkpoint,
+    DeadLetter,
+    Derived,
+    EventQuery,
+    MetricsQuery,
+    SeriesQuery,
+    WindowQuery,
+)
 
 T = TypeVar("T")
 
@@ -347,22 +356,44 @@ class DuckDBStore:
     def _query_metrics(self, query: MetricsQuery) -> dict[str, dict[str, Any]]:
         names = list(dict.fromkeys(query.aggs))
         select = ", ".join(AGGREGATES[name] for name in names)
-        where = [
-            "ts >= make_timestamp(?)",
-            "ts <= make_timestamp(?)" if query.end_inclusive else "ts < make_timestamp(?)",
-        ]
-        params: list[Any] = [query.start, query.end]
-        if query.sensors:
-            where.append(f"sensor IN ({', '.join('?' * len(query.sensors))})")
-            params.extend(query.sensors)
-        if query.device_ids:
-            where.append(f"device_id IN ({', '.join('?' * len(query.device_ids))})")
-            params.extend(query.device_ids)
-        sql = f"SELECT sensor, {select} FROM readings WHERE {' AND '.join(where)} GROUP BY sensor"
+        where, params = _filters(
+            query.start, query.end, query.sensors, query.device_ids, end_inclusive=query.end_inclusive
+        )
+        sql = f"SELECT sensor, {select} FROM readings WHERE {where} GROUP BY sensor"
         rows = self._cursor().execute(sql, params).fetchall()
         result: dict[str, dict[str, Any]] = {s: _empty(names) for s in query.sensors}
         for sensor, *values in rows:
             result[sensor] = dict(zip(names, values, strict=True))
+        return dict(sorted(result.items()))
+
+    async def query_series(self, query: SeriesQuery) -> dict[str, list[dict[str, Any]]]:
+        return await self._on_reader(self._query_series, query)
+
+    def _query_series(self, query: SeriesQuery) -> dict[str, list[dict[str, Any]]]:
+        names = list(dict.fromkeys(query.aggs))
+        select = ", ".join(AGGREGATES[name] for name in names)
+        where, params = _filters(query.start, query.end, query.sensors, query.device_ids)
+        rows_sql = f"SELECT sensor, ts, value FROM readings WHERE {where}"
+        buckets = Buckets(query.bucket, query.tz)
+        if buckets.by_day:
+            # Day starts come from the domain's time zone data, not DuckDB's own (ICU's differs from
+            # the system's, e.g. where clocks go back at midnight): every store agrees. At most one
+            # edge per bucket of the range, so the as-of join stays small.
+            edges = buckets.starts(query.start, query.end)
+            sql = f"""WITH edges AS (SELECT make_timestamp(unnest(?::BIGINT[])) AS start)
+                      SELECT r.sensor, epoch_us(e.start) AS t, {select}
+                      FROM ({rows_sql}) r ASOF JOIN edges e ON r.ts >= e.start
+                      GROUP BY r.sensor, t ORDER BY r.sensor, t"""
+            params = [edges, *params]
+        else:
+            width = int(buckets.width)  # inlined in the SQL: an int, nothing else
+            # Floor to the epoch-aligned bucket in integers (% keeps the dividend's sign in SQL).
+            sql = f"""SELECT sensor, epoch_us(ts) - ((epoch_us(ts) % {width}) + {width}) % {width} AS t,
+                             {select}
+                      FROM ({rows_sql}) GROUP BY sensor, t ORDER BY sensor, t"""
+        result: dict[str, list[dict[str, Any]]] = {s: [] for s in query.sensors}
+        for sensor, t, *values in self._cursor().execute(sql, params).fetchall():
+            result.setdefault(sensor, []).append({"t": t, **dict(zip(names, values, strict=True))})
         return dict(sorted(result.items()))
 
     async def sensors(self) -> set[str]:
@@ -500,7 +531,6 @@ def _message_positions(batch: Batch) -> np.ndarray | list[None]:
 
 
 def _message_of(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    # A message's rows share device, event time, arrival time and kind.
     # A message's rows share its first row's position (older files: device, times and kind).
     return (row[10],) if row[10] is not None else (row[1], row[2], row[8], row[9])
 
@@ -533,6 +563,24 @@ def _replayed(rows: list[tuple[Any, ...]], bare: list[tuple[Any, ...]]) -> Batch
         out.event_msg.append(next(numbers))
         out.messages_count += 1
     return out
+
+
+def _filters(
+    start: int, end: int, sensors: Sequence[str], device_ids: Sequence[str], *, end_inclusive: bool = False
+) -> tuple[str, list[Any]]:
+    # The time range first: rows are stored in time order, so it skips row groups by their min/max.
+    where = [
+        "ts >= make_timestamp(?)",
+        "ts <= make_timestamp(?)" if end_inclusive else "ts < make_timestamp(?)",
+    ]
+    params: list[Any] = [start, end]
+    if sensors:
+        where.append(f"sensor IN ({', '.join('?' * len(sensors))})")
+        params.extend(sensors)
+    if device_ids:
+        where.append(f"device_id IN ({', '.join('?' * len(device_ids))})")
+        params.extend(device_ids)
+    return " AND ".join(where), params
 
 
 def _empty(names: list[str]) -> dict[str, Any]:

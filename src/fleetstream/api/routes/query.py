@@ -1,7 +1,9 @@
-"""Queries: ``GET /api/v1/metrics``, ``POST /compute/metrics``, ``GET /api/v1/stats/live``."""
+"""Queries: ``GET /api/v1/metrics``, ``GET /api/v1/series``, ``POST /compute/metrics``,
+``GET /api/v1/stats/live``."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -9,16 +11,18 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from fleetstream.api.deps import EngineDep, StoreDep
+from fleetstream.domain.buckets import MAX_BUCKETS, Buckets, format_bucket, parse_bucket, pick_bucket, zone
 from fleetstream.domain.timeutil import MIN_US, parse_time, us_to_iso
 from fleetstream.errors import InvalidInput
 from fleetstream.ingest.devicetypes import known_sensors
-from fleetstream.ports import MetricsQuery
+from fleetstream.ports import MetricsQuery, SeriesQuery
 
 router = APIRouter(tags=["query"])
 
 AGGS = ("count", "min", "max", "avg", "mean", "sum", "stddev", "p50", "p95", "p99")
 DEFAULT_AGGS = "count,min,max,avg"
 HOUR_US = 3_600_000_000
+DEFAULT_POINTS = 500
 
 
 def split_values(values: list[str] | None) -> tuple[str, ...]:
@@ -40,6 +44,16 @@ def time_param(name: str, text: str | None, default: int) -> int:
     except ValueError as exc:
         msg = f"{name}: {exc}"
         raise InvalidInput(msg) from None
+
+
+def agg_param(text: str) -> tuple[str, ...]:
+    """The aggregates of an ``agg`` parameter; 400 listing the unknown ones."""
+    aggs = split_values([text])
+    unknown = [a for a in aggs if a not in AGGS]
+    if unknown or not aggs:
+        msg = f"agg: unknown aggregate(s) {', '.join(unknown) or '(none given)'}; expected {', '.join(AGGS)}"
+        raise InvalidInput(msg)
+    return aggs
 
 
 @router.get("/api/v1/metrics", summary="Aggregates of readings between two times, per sensor")
@@ -66,15 +80,123 @@ async def get_metrics(
     if start > end:
         msg = f"from ({us_to_iso(start)}) is after to ({us_to_iso(end)})"
         raise InvalidInput(msg)
-    aggs = split_values([agg])
-    unknown = [a for a in aggs if a not in AGGS]
-    if unknown or not aggs:
-        msg = f"agg: unknown aggregate(s) {', '.join(unknown) or '(none given)'}; expected {', '.join(AGGS)}"
-        raise InvalidInput(msg)
-    query = MetricsQuery(start, end, aggs, split_values(sensor), split_values(device_id))
+    query = MetricsQuery(start, end, agg_param(agg), split_values(sensor), split_values(device_id))
     metrics = await store.query_metrics(query)
     body = {"from": us_to_iso(start), "to": us_to_iso(end), "metrics": metrics}
     return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+_SERIES_EXAMPLE = {
+    "from": "2024-03-30T00:00:00Z",
+    "to": "2024-04-01T00:00:00Z",
+    "bucket": "1d",
+    "tz": "Europe/Amsterdam",
+    "series": {
+        "temperature": [
+            {"t": "2024-03-30T00:00:00+01:00", "avg": 20.4, "max": 24.1},
+            {"t": "2024-03-31T00:00:00+01:00", "avg": 21.2, "max": 25.0},
+        ]
+    },
+}
+
+
+@router.get(
+    "/api/v1/series",
+    summary="Aggregates per sensor and time bucket, for charts",
+    responses={200: {"content": {"application/json": {"example": _SERIES_EXAMPLE}}}},
+)
+async def get_series(
+    request: Request,
+    store: StoreDep,
+    sensor: Annotated[list[str] | None, Query(description="sensor name(s); all when absent")] = None,
+    device_id: Annotated[
+        list[str] | None, Query(description="device id(s); the whole fleet when absent")
+    ] = None,
+    from_: Annotated[
+        str | None, Query(alias="from", description="start, inclusive (default: `to` − 1 h)")
+    ] = None,
+    to: Annotated[str | None, Query(description="end, exclusive (default: now)")] = None,
+    bucket: Annotated[
+        str | None,
+        Query(description="bucket size: `500ms`, `10s`, `1m`, `1h30m`, `1d`, `7d`, or ISO 8601 `PT5M`"),
+    ] = None,
+    points: Annotated[
+        str | None,
+        Query(description=f"instead of `bucket`: at most this many buckets (1 to {MAX_BUCKETS:,})"),
+    ] = None,
+    agg: Annotated[str, Query(description=f"comma-separated, among {', '.join(AGGS)}")] = "avg",
+    tz: Annotated[
+        str | None, Query(description="IANA time zone of day buckets and of the times shown (default UTC)")
+    ] = None,
+) -> Response:
+    """The aggregates of `agg` (as in `/api/v1/metrics`; default `avg`) of the readings with event
+    time in `[from, to)`, per sensor and time bucket. Buckets under a day start on multiples of
+    their size since the epoch (UTC); buckets of whole days start at midnight in `tz`, counted from
+    Monday 2000-01-03 (so `7d` = weeks from Monday; a day is 23 h or 25 h when clocks change).
+    Give `bucket`, or `points=N` to get the smallest of 1ms, 2ms, 5ms, ... 1s, 2s, 5s, 10s, 15s,
+    30s, 1m, 2m, 5m, 10m, 15m, 30m, 1h, 2h, 3h, 6h, 12h, 1d, 2d, 7d, 14d, 30d, ... giving at most N
+    buckets over the range; neither means `points=500`. At most 10,000 buckets per sensor.
+    Returns `{"from", "to", "bucket", "tz", "series": {"<sensor>": [{"t", "<agg>": value}]}}`:
+    only buckets holding data, in time order; `t` is the bucket's start, RFC 3339 with `Z` in UTC,
+    else with the zone's offset. The first and last bucket may reach outside `[from, to)`; only
+    readings inside count."""
+    runtime = request.app.state.runtime
+    end = time_param("to", to, runtime.clock.now_us())
+    start = time_param("from", from_, max(end - HOUR_US, MIN_US))
+    if start >= end:
+        msg = f"from ({us_to_iso(start)}) must be before to ({us_to_iso(end)})"
+        raise InvalidInput(msg)
+    aggs = agg_param(agg)
+    tz_name = (tz or "").strip() or "UTC"
+    try:
+        zone(tz_name)
+    except ValueError as exc:
+        msg = f"tz: {exc}"
+        raise InvalidInput(msg) from None
+    buckets = Buckets(bucket_param(bucket, points, start, end, tz_name), tz_name)
+    query = SeriesQuery(
+        start, end, buckets.width, aggs, split_values(sensor), split_values(device_id), tz_name
+    )
+    series = await store.query_series(query)
+    body = {
+        "from": us_to_iso(start),
+        "to": us_to_iso(end),
+        "bucket": format_bucket(buckets.width),
+        "tz": tz_name,
+        "series": {name: [{**p, "t": buckets.show(p["t"])} for p in rows] for name, rows in series.items()},
+    }
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+def bucket_param(bucket: str | None, points: str | None, start: int, end: int, tz: str) -> int:
+    """The bucket size in microseconds from ``bucket`` or ``points`` (default 500 points); 400 when
+    bad, when both are given, or when ``bucket`` makes more than 10,000 buckets over the range."""
+    bucket, points = (bucket or "").strip(), (points or "").strip()
+    if bucket and points:
+        msg = "give either bucket or points, not both"
+        raise InvalidInput(msg)
+    if bucket:
+        try:
+            width = parse_bucket(bucket)
+            count = Buckets(width, tz).count(start, end)
+        except ValueError as exc:
+            msg = f"bucket: {exc}"
+            raise InvalidInput(msg) from None
+        if count > MAX_BUCKETS:
+            msg = (
+                f"bucket: {format_bucket(width)} makes {count:,} buckets from {us_to_iso(start)} to "
+                f"{us_to_iso(end)}, more than {MAX_BUCKETS:,}: use points= or a larger bucket"
+            )
+            raise InvalidInput(msg)
+        return width
+    if points and not (re.fullmatch("[0-9]{1,9}", points) and 1 <= int(points) <= MAX_BUCKETS):
+        msg = f"points: expected a whole number from 1 to {MAX_BUCKETS:,}, got '{points}'"
+        raise InvalidInput(msg)
+    try:
+        return pick_bucket(start, end, int(points or DEFAULT_POINTS), tz)
+    except ValueError as exc:
+        msg = f"points: {exc}"
+        raise InvalidInput(msg) from None
 
 
 COMPUTE_METRICS = {"count": "count", "average": "avg", "mean": "avg", "min": "min", "max": "max"}
