@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetstream.errors import ConfigError
+from fleetstream.simulator.delivery import Draws
 from fleetstream.simulator.models import HOST_CPU, HOST_MEM, HOST_TEMP, KINDS, DeviceKind, SimDevice, iso_ms
 from fleetstream.simulator.schedule import Lane
 
@@ -69,6 +70,12 @@ class Fleet:
     Given a ``seed`` (and the same calls), the fleet's ids, phases and values
     are the same every time.
 
+    With ``clock_skew_s``, each device's clock is wrong by a fixed offset,
+    drawn uniformly in ``[-clock_skew_s, +clock_skew_s]`` (whole milliseconds)
+    from the seed and the device id: its event times are the true time plus
+    that offset. The offsets use no draw of the fleet's own generator, so
+    ids, phases and values are those of the same seed without skew.
+
     Example:
         >>> fleet = Fleet(2, rate=1.0, seed=7, kinds={"thermostat": 1})
         >>> sent = fleet.advance(2.0, 1_680_033_862_000_000)
@@ -82,12 +89,17 @@ class Fleet:
         rate: float = 1.0,
         seed: int | None = None,
         kinds: Mapping[str, float] | None = None,
+        *,
+        clock_skew_s: float = 0.0,
     ) -> None:
         if devices < 0:
             msg = f"the number of devices must be >= 0, got {devices}"
             raise ConfigError(msg)
         if not rate > 0:
             msg = f"the rate must be > 0 messages per device per second, got {rate}"
+            raise ConfigError(msg)
+        if not clock_skew_s >= 0:
+            msg = f"the clock skew must be >= 0 s, got {clock_skew_s}"
             raise ConfigError(msg)
         self.rate = rate
         self.rng = random.Random(seed)
@@ -96,6 +108,10 @@ class Fleet:
         for kind in deal_kinds(devices, kinds):
             numbers[kind.key] = numbers.get(kind.key, 0) + 1
             self.devices.append(SimDevice(f"{kind.key}-{numbers[kind.key]:04d}", kind, self.rng))
+        if clock_skew_s > 0:
+            draws = Draws(random.getrandbits(64) if seed is None else seed)
+            for d in self.devices:
+                d.skew_us = round((2.0 * draws.device_skew(d.device_id) - 1.0) * clock_skew_s * 1000) * 1000
         self.hosts = [d for d in self.devices if d.kind.envelope]
         typed = [d for d in self.devices if not d.kind.envelope]
 
@@ -135,14 +151,15 @@ class Fleet:
 
         Args:
             elapsed_s: seconds since the fleet started (a monotonic clock's difference).
-            now_us: the wall clock now (microseconds, UTC): the event time of every message.
+            now_us: the wall clock now (microseconds, UTC): the event time of every message,
+                plus the device's clock skew if it has one.
         """
         ts = iso_ms(now_us)
         out: list[Message] = []
         if not self._started:
             self._started = True
             self.boot = _base36(now_us // 1000)
-            out.extend(self._envelope(d, "startup", ts, {}) for d in self.hosts)
+            out.extend(self._envelope(d, "startup", _stamp(d, ts, now_us), {}) for d in self.hosts)
         rng = self.rng
         for d in self.typed.due(elapsed_s):
             sensor = d.kind.sensors[0]
@@ -150,7 +167,7 @@ class Fleet:
             out.append(
                 {
                     "device_id": d.device_id,
-                    "timestamp": ts,
+                    "timestamp": _stamp(d, ts, now_us),
                     sensor.name: sensor.shown(d.values[0]),
                     "tag": d.kind.tag,
                     "msg_id": f"{self.boot}-{d.next_seq()}",
@@ -164,11 +181,11 @@ class Fleet:
                 "cpu_usage": sensors[HOST_CPU].shown(values[HOST_CPU]),
                 "mem_usage": sensors[HOST_MEM].shown(values[HOST_MEM]),
             }
-            out.append(self._envelope(d, "heartbeat", ts, event))
+            out.append(self._envelope(d, "heartbeat", _stamp(d, ts, now_us), event))
         for d in self.temperatures.due(elapsed_s):
             d.values[HOST_TEMP] = self._temp.step(d.values[HOST_TEMP], d.homes[HOST_TEMP], rng)
             event = {"temperature": d.kind.sensors[HOST_TEMP].shown(d.values[HOST_TEMP])}
-            out.append(self._envelope(d, "temperature", ts, event))
+            out.append(self._envelope(d, "temperature", _stamp(d, ts, now_us), event))
         return out
 
     def skip(self, elapsed_s: float) -> int:
@@ -183,6 +200,11 @@ class Fleet:
             "event": event,
             "msg_id": f"{self.boot}-{device.next_seq()}",
         }
+
+
+def _stamp(device: SimDevice, ts: str, now_us: int) -> str:
+    """The event time a device sends: ``ts`` (the true ``now_us``) unless its clock is off."""
+    return ts if not device.skew_us else iso_ms(now_us + device.skew_us)
 
 
 def _base36(n: int) -> str:
