@@ -248,16 +248,79 @@ def simulate(
     batch: Annotated[
         int, typer.Option(envvar="FLEETSTREAM_SIM_BATCH", help="most messages per request")
     ] = 500,
+    jitter: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_JITTER",
+            help="delay each send by 0..this (event time unchanged), e.g. 500ms, 2s: arrivals out of order",
+        ),
+    ] = "0",
+    duplicates: Annotated[
+        float,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_DUPLICATES",
+            help="fraction of messages sent twice (same payload and msg_id), e.g. 0.05",
+        ),
+    ] = 0.0,
+    late: Annotated[
+        float,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_LATE",
+            help="fraction of messages held back for --late-delay (too late for the server's windows)",
+        ),
+    ] = 0.0,
+    late_delay: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_LATE_DELAY",
+            help="how long late messages are held: > out-of-orderness 5s + allowed lateness 30s + jitter",
+        ),
+    ] = "40s",
+    clock_skew: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_CLOCK_SKEW",
+            help="each device's clock is off by a fixed offset in [-this, +this], e.g. 2s",
+        ),
+    ] = "0",
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_TRUTH",
+            help="write distinct and late readings per sensor and window to this .csv or .json file",
+        ),
+    ] = None,
+    truth_window: Annotated[
+        str, typer.Option(envvar="FLEETSTREAM_SIM_TRUTH_WINDOW", help="window size of the --truth file")
+    ] = "10s",
 ) -> None:
     """Drive any fleetstream server with a simulated fleet, printing progress.
 
     Thermostats, barometers, hygrometers, heart-rate meters and host monitors,
-    values on bounded random walks, event time from the device. Exit code 0 when
-    every message was acknowledged, 1 when some failed, 2 for bad options.
+    values on bounded random walks, event time from the device. --jitter,
+    --duplicates, --late and --clock-skew make the input imperfect the way real
+    fleets are; --truth writes what the server's windows should then hold.
+    Durations: 500ms, 2s, 1m or seconds. Exit code 0 when every message was
+    acknowledged, 1 when some failed, 2 for bad options.
     """
     from fleetstream.simulator.cli import simulate as run_simulation
 
-    raise typer.Exit(run_simulation(devices, rate, target, duration, seed, batch))
+    code = run_simulation(
+        devices,
+        rate,
+        target,
+        duration,
+        seed,
+        batch,
+        jitter=jitter,
+        duplicates=duplicates,
+        late=late,
+        late_delay=late_delay,
+        clock_skew=clock_skew,
+        truth=truth,
+        truth_window=truth_window,
+    )
+    raise typer.Exit(code)
 
 
 @app.command()
