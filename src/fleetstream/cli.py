@@ -61,6 +61,27 @@ def up(
     seed: Annotated[
         int | None, typer.Option(envvar="FLEETSTREAM_SIMULATOR__SEED", help="simulator random seed")
     ] = None,
+    jitter: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIMULATOR__JITTER_S",
+            help="simulator: delay each send by 0..this, e.g. 2s (event time unchanged; default 0)",
+        ),
+    ] = None,
+    duplicates: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIMULATOR__DUPLICATES",
+            help="simulator: fraction of messages sent twice, e.g. 0.05 (default 0)",
+        ),
+    ] = None,
+    late: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIMULATOR__LATE",
+            help="simulator: fraction of messages held back past the allowed lateness, e.g. 0.01 (default 0)",
+        ),
+    ] = None,
     store: Annotated[
         str | None,
         typer.Option(
@@ -96,6 +117,8 @@ def up(
     Open http://127.0.0.1:8000 (API docs at /docs). Ctrl-C stops cleanly: every
     acknowledged reading is already stored.
     """
+    knobs = {"jitter_s": jitter, "duplicates": duplicates, "late": late}
+    chosen = {name: value for name, value in knobs.items() if value is not None}  # else env / file / default
     try:
         settings = load_settings(
             host=host,
@@ -107,7 +130,7 @@ def up(
             table=table,
             unsafe_no_auth=unsafe_no_auth,
             log_level=log_level,
-            simulator={"enabled": simulator, "devices": devices, "rate": rate, "seed": seed},
+            simulator={"enabled": simulator, "devices": devices, "rate": rate, "seed": seed, **chosen},
         )
     except ConfigError as exc:
         raise _fail(exc.message) from None
