@@ -38,7 +38,7 @@ from fleetstream.simulator import fleet as fleet_module
 from fleetstream.simulator import schedule as schedule_module
 from fleetstream.simulator import truth as truth_module
 from fleetstream.simulator.cli import simulate
-from fleetstream.simulator.delivery import DeliveryOptions, parse_duration
+from fleetstream.simulator.delivery import LATE, ORIGINAL, Delivery, DeliveryOptions, parse_duration
 from fleetstream.simulator.embedded import add_simulator
 from fleetstream.simulator.models import iso_ms
 from fleetstream.simulator.schedule import Lane
@@ -517,6 +517,20 @@ def test_late_messages_are_held_for_the_late_delay_and_the_last_ones_are_never_s
     assert len(unsent) == sim.late_unsent == sim.generated - sim.sent
     assert all(generated_at(m) > 20.0 for m in plain.messages if key(m) in unsent)  # held at the end
     assert 0.01 * 6000 <= sim.late_sent + sim.late_unsent <= 0.03 * 6000
+
+
+def test_late_messages_are_held_in_the_order_generated_and_counted_while_held() -> None:
+    held = Delivery(DeliveryOptions(late=0.5, late_delay_s=10.0), seed=3)
+    messages = [{"device_id": f"d-{i % 7}", "msg_id": f"boot-{i}"} for i in range(200)]
+    ready = held.route(messages, now=5.0)
+    assert {tag for _, tag in ready} == {ORIGINAL}
+    sent_now = {id(m) for m, _ in ready}
+    late = [m for m in messages if id(m) not in sent_now]
+    assert held.held_late == len(late) == 200 - len(ready)
+    assert 70 <= len(late) <= 130
+    assert held.due(14.99) == []
+    assert held.due(15.0) == [(m, LATE) for m in late]
+    assert held.held_late == 0
 
 
 def test_jitter_disorders_arrivals_within_the_jitter_but_never_changes_event_times() -> None:

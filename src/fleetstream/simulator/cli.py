@@ -293,7 +293,7 @@ def _progress(simulator: Simulator, elapsed_s: float) -> str:
     if options.duplicates:
         line += f"  duplicates {simulator.duplicates_sent:,}"
     if options.late:
-        line += f"  late {simulator.late_sent:,}"
+        line += f"  late {simulator.late_sent:,} (+{simulator.delivery.held_late:,} held)"
     if simulator.dropped:
         line += f"  dropped {simulator.dropped:,}"
     return line

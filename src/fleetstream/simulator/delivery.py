@@ -167,6 +167,8 @@ class Delivery:
         self.draws = Draws(seed)
         self.late_picked = 0
         self.duplicates_picked = 0
+        self.held_late = 0
+        """Late messages (first copies) held now."""
         self._held: list[tuple[float, int, Message, int]] = []
         self._order = itertools.count()  # keeps equal due times first-in, first-out
         self._unnumbered = itertools.count()
@@ -189,6 +191,7 @@ class Delivery:
             if opts.late and draws.uniform(key, _PICK_LATE) < opts.late:
                 tag, due = LATE, now + opts.late_delay_s
                 self.late_picked += 1
+                self.held_late += 1
             elif opts.jitter_s:
                 due = now + opts.jitter_s * draws.uniform(key, _JITTER)
             if due > now:
@@ -210,6 +213,8 @@ class Delivery:
         while held and held[0][0] <= now:
             _, _, m, tag = heapq.heappop(held)
             out.append((m, tag))
+            if tag == LATE:
+                self.held_late -= 1
         return out
 
     def release(self, now: float) -> tuple[list[Entry], int]:
@@ -227,6 +232,7 @@ class Delivery:
             elif tag != LATE_DUPLICATE:
                 out.append((m, tag))
         self._held.clear()
+        self.held_late = 0
         return out, unsent
 
     def _seq(self, message: Message) -> int:
