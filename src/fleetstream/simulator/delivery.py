@@ -22,10 +22,10 @@ Pure logic: time comes in as arguments (monotonic seconds).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import re
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +51,12 @@ DUPLICATE_AFTER_S = (0.1, 1.0)
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _UNIT = 2.0**-53
-# What each uniform number is drawn for: distinct streams of the same message key.
-_PICK_LATE, _JITTER, _PICK_DUPLICATE, _DUPLICATE_DELAY, _CLOCK_SKEW = range(1, 6)
+# A message's 64 random bits give three fractions of 21 bits each (steps of 5e-7): whether it is
+# late, its jitter, whether it is duplicated. Rarer draws (a duplicate's delay, a device's clock
+# offset) mix the bits again with a purpose of their own.
+_SLICE = 0x1FFFFF
+_SLICE_UNIT = 2.0**-21
+_DUPLICATE_DELAY, _CLOCK_SKEW = 1, 2
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
 _SECONDS_PER = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -88,32 +92,38 @@ def _mix(z: int) -> int:
 
 
 class Draws:
-    """Uniform numbers in ``[0, 1)`` that depend only on the seed, a key and a purpose.
+    """Random bits that depend only on the seed, a device id and a message's sequence number.
 
     Example:
         >>> a, b = Draws(42), Draws(42)
         >>> a.device_skew("thermostat-0001") == b.device_skew("thermostat-0001")
         True
-        >>> 0.0 <= a.uniform(a.message_key("host-0001", 7), 1) < 1.0
+        >>> a.message_bits("host-0001", 7) == b.message_bits("host-0001", 7) != a.message_bits("host-0001", 8)
         True
     """
 
-    __slots__ = ("_seed",)
+    __slots__ = ("_devices", "_seed")
 
     def __init__(self, seed: int) -> None:
         self._seed = _mix(seed & _MASK)
+        self._devices: dict[str, int] = {}
 
-    def message_key(self, device_id: str, seq: int) -> int:
-        """The key of a device's ``seq``-th message."""
-        return _mix(self._seed ^ (zlib.crc32(device_id.encode()) << 32) ^ (seq & 0xFFFFFFFF))
+    def message_bits(self, device_id: str, seq: int) -> int:
+        """64 random bits of a device's ``seq``-th message."""
+        base = self._devices.get(device_id)
+        if base is None:
+            digest = hashlib.blake2b(device_id.encode(), digest_size=8).digest()
+            base = self._devices[device_id] = _mix(self._seed ^ int.from_bytes(digest, "little"))
+        return _mix(base ^ seq)
 
-    def uniform(self, key: int, purpose: int) -> float:
-        """The number drawn for ``purpose`` from ``key``."""
-        return (_mix(key ^ (purpose * _GOLDEN & _MASK)) >> 11) * _UNIT
+    @staticmethod
+    def uniform(bits: int, purpose: int) -> float:
+        """A number in ``[0, 1)`` drawn for ``purpose`` from a message's bits."""
+        return (_mix(bits ^ (purpose * _GOLDEN & _MASK)) >> 11) * _UNIT
 
     def device_skew(self, device_id: str) -> float:
-        """A device's draw for its clock offset."""
-        return self.uniform(self.message_key(device_id, 0xFFFFFFFF), _CLOCK_SKEW)
+        """A device's draw in ``[0, 1)`` for its clock offset."""
+        return self.uniform(self.message_bits(device_id, -1 & _MASK), _CLOCK_SKEW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +179,7 @@ class Delivery:
         self.duplicates_picked = 0
         self.held_late = 0
         """Late messages (first copies) held now."""
-        self._held: list[tuple[float, int, Message, int]] = []
+        self._held: list[tuple[float, int, Message, int]] = []  # a heap, by due time
         self._order = itertools.count()  # keeps equal due times first-in, first-out
         self._unnumbered = itertools.count()
 
@@ -183,38 +193,38 @@ class Delivery:
         opts = self.options
         if not opts.active:
             return [(m, ORIGINAL) for m in messages]
-        draws, held, order = self.draws, self._held, self._order
+        draws, held, order, push = self.draws, self._held, self._order, heapq.heappush
+        late, jitter, duplicates = opts.late, opts.jitter_s, opts.duplicates
+        low, high = DUPLICATE_AFTER_S
         ready: list[Entry] = []
         for m in messages:
-            key = draws.message_key(m["device_id"], self._seq(m))
+            bits = draws.message_bits(m["device_id"], self._seq(m))
             tag, due = ORIGINAL, now
-            if opts.late and draws.uniform(key, _PICK_LATE) < opts.late:
+            if late and (bits & _SLICE) * _SLICE_UNIT < late:
                 tag, due = LATE, now + opts.late_delay_s
                 self.late_picked += 1
                 self.held_late += 1
-            elif opts.jitter_s:
-                due = now + opts.jitter_s * draws.uniform(key, _JITTER)
+            elif jitter:
+                due = now + jitter * ((bits >> 21) & _SLICE) * _SLICE_UNIT
             if due > now:
-                heapq.heappush(held, (due, next(order), m, tag))
+                push(held, (due, next(order), m, tag))
             else:
                 ready.append((m, tag))
-            if opts.duplicates and draws.uniform(key, _PICK_DUPLICATE) < opts.duplicates:
-                low, high = DUPLICATE_AFTER_S
-                after = low + (high - low) * draws.uniform(key, _DUPLICATE_DELAY)
-                copy_tag = LATE_DUPLICATE if tag == LATE else DUPLICATE
-                heapq.heappush(held, (due + after, next(order), m, copy_tag))
+            if duplicates and ((bits >> 42) & _SLICE) * _SLICE_UNIT < duplicates:
+                after = low + (high - low) * draws.uniform(bits, _DUPLICATE_DELAY)
+                push(held, (due + after, next(order), m, LATE_DUPLICATE if tag == LATE else DUPLICATE))
                 self.duplicates_picked += 1
         return ready
 
     def due(self, now: float) -> list[Entry]:
         """The held messages whose time has come, oldest due first."""
-        held = self._held
+        held, pop = self._held, heapq.heappop
         out: list[Entry] = []
         while held and held[0][0] <= now:
-            _, _, m, tag = heapq.heappop(held)
+            _, _, m, tag = pop(held)
             out.append((m, tag))
-            if tag == LATE:
-                self.held_late -= 1
+        if self.held_late:
+            self.held_late -= sum(1 for _, tag in out if tag == LATE)
         return out
 
     def release(self, now: float) -> tuple[list[Entry], int]:
@@ -237,5 +247,9 @@ class Delivery:
 
     def _seq(self, message: Message) -> int:
         # The fleet's msg_id is "<boot>-<seq>"; boot changes per run, seq does not.
-        tail = str(message.get("msg_id", "")).rpartition("-")[2]
-        return int(tail) if tail.isdigit() else next(self._unnumbered)
+        msg_id = message.get("msg_id")
+        if type(msg_id) is str:
+            tail = msg_id[msg_id.rfind("-") + 1 :]
+            if tail.isdigit():
+                return int(tail)
+        return next(self._unnumbered)

@@ -129,6 +129,7 @@ class Fleet:
         self._mem = host[HOST_MEM].walk(self.heartbeats.period_s)
         self._temp = host[HOST_TEMP].walk(self.temperatures.period_s)
         self._started = False
+        self._seconds: dict[int, str] = {}  # epoch second → its text, for skewed event times
         # Message ids are "<boot>-<seq>": seq counts from 0 per device and boot is the start time,
         # like a device's boot counter, so a second run against the same server is not mistaken
         # for re-sends of the first (the server dedups on the msg_id).
@@ -159,7 +160,7 @@ class Fleet:
         if not self._started:
             self._started = True
             self.boot = _base36(now_us // 1000)
-            out.extend(self._envelope(d, "startup", _stamp(d, ts, now_us), {}) for d in self.hosts)
+            out.extend(self._envelope(d, "startup", self._stamp(d, ts, now_us), {}) for d in self.hosts)
         rng = self.rng
         for d in self.typed.due(elapsed_s):
             sensor = d.kind.sensors[0]
@@ -167,7 +168,7 @@ class Fleet:
             out.append(
                 {
                     "device_id": d.device_id,
-                    "timestamp": _stamp(d, ts, now_us),
+                    "timestamp": ts if not d.skew_us else self._skewed(now_us + d.skew_us),
                     sensor.name: sensor.shown(d.values[0]),
                     "tag": d.kind.tag,
                     "msg_id": f"{self.boot}-{d.next_seq()}",
@@ -181,16 +182,30 @@ class Fleet:
                 "cpu_usage": sensors[HOST_CPU].shown(values[HOST_CPU]),
                 "mem_usage": sensors[HOST_MEM].shown(values[HOST_MEM]),
             }
-            out.append(self._envelope(d, "heartbeat", _stamp(d, ts, now_us), event))
+            out.append(self._envelope(d, "heartbeat", self._stamp(d, ts, now_us), event))
         for d in self.temperatures.due(elapsed_s):
             d.values[HOST_TEMP] = self._temp.step(d.values[HOST_TEMP], d.homes[HOST_TEMP], rng)
             event = {"temperature": d.kind.sensors[HOST_TEMP].shown(d.values[HOST_TEMP])}
-            out.append(self._envelope(d, "temperature", _stamp(d, ts, now_us), event))
+            out.append(self._envelope(d, "temperature", self._stamp(d, ts, now_us), event))
         return out
 
     def skip(self, elapsed_s: float) -> int:
         """Give up the occurrences due before ``elapsed_s`` (after a stall); how many were dropped."""
         return sum(lane.skip(elapsed_s) for lane in (self.typed, self.heartbeats, self.temperatures))
+
+    def _stamp(self, device: SimDevice, ts: str, now_us: int) -> str:
+        """The event time a device sends: ``ts`` (the text of ``now_us``) unless its clock is off."""
+        return ts if not device.skew_us else self._skewed(now_us + device.skew_us)
+
+    def _skewed(self, us: int) -> str:
+        # iso_ms(us), formatting each second once: with skewed clocks, every device's text differs.
+        second, rest = divmod(us, 1_000_000)
+        text = self._seconds.get(second)
+        if text is None:
+            if len(self._seconds) > 1000:
+                self._seconds.clear()
+            text = self._seconds[second] = iso_ms(second * 1_000_000)[:-5]
+        return f"{text}.{rest // 1000:03d}Z"
 
     def _envelope(self, device: SimDevice, kind: str, ts: str, event: dict[str, float | int]) -> Message:
         return {
@@ -200,11 +215,6 @@ class Fleet:
             "event": event,
             "msg_id": f"{self.boot}-{device.next_seq()}",
         }
-
-
-def _stamp(device: SimDevice, ts: str, now_us: int) -> str:
-    """The event time a device sends: ``ts`` (the true ``now_us``) unless its clock is off."""
-    return ts if not device.skew_us else iso_ms(now_us + device.skew_us)
 
 
 def _base36(n: int) -> str:

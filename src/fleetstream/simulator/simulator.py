@@ -33,6 +33,7 @@ from fleetstream.simulator.delivery import (
     Delivery,
     DeliveryOptions,
     Entry,
+    Message,
 )
 from fleetstream.simulator.fleet import Fleet
 from fleetstream.simulator.transports import Transport
@@ -121,7 +122,11 @@ class Simulator:
         self.max_lag_s = max_lag_s
         self.generated = self.sent = self.acknowledged = self.errors = self.dropped = 0
         self.duplicates_sent = self.late_sent = self.late_unsent = 0
-        self._queue: deque[Entry] = deque()
+        self._queue: deque[Message] = deque()
+        # The tag of each queued message (original, duplicate, late), kept in step with the queue
+        # only when a delivery knob is on: without them, the queue is the fleet's messages as is.
+        self._tagged = self.delivery.options.active
+        self._tags: deque[int] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rate = RateMeter(_RATE_WINDOW_S)
         self._first_ack: float | None = None
@@ -180,7 +185,7 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         released, unsent = self.delivery.release(self.clock.monotonic())
-        self._queue.extend(released)
+        self._enqueue(released)
         self.late_unsent += unsent
         try:
             await self.flush(flush_timeout_s)
@@ -214,14 +219,19 @@ class Simulator:
         messages = self.fleet.advance(elapsed, self.clock.now_us())
         self._until = elapsed
         self.generated += len(messages)
-        delivery = self.delivery
-        if delivery.held:
-            self._queue.extend(delivery.due(now))
-        self._queue.extend(delivery.route(messages, now))
+        if self._tagged:
+            delivery = self.delivery
+            if delivery.held:
+                self._enqueue(delivery.due(now))
+            self._enqueue(delivery.route(messages, now))
+        else:
+            self._queue.extend(messages)
         overflow = len(self._queue) - self.max_pending
         if overflow > 0:
             for _ in range(overflow):
                 self._queue.popleft()
+                if self._tagged:
+                    self._tags.popleft()
             self.dropped += overflow
         self._dispatch()
         return len(messages)
@@ -253,6 +263,7 @@ class Simulator:
             log.warning("dropping %d queued messages: the target did not take them in time", len(self._queue))
             self.dropped += len(self._queue)
             self._queue.clear()
+            self._tags.clear()
 
     async def _loop(self) -> None:
         next_tick = self.clock.monotonic()
@@ -269,16 +280,17 @@ class Simulator:
         if not self._flushing and self.clock.monotonic() < self._resume_at:
             return
         loop = asyncio.get_running_loop()
-        counting = self.delivery.options.active
-        while self._queue and len(self._tasks) < self.max_in_flight:
-            n = min(self.batch_size, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
+        queue = self._queue
+        while queue and len(self._tasks) < self.max_in_flight:
+            n = min(self.batch_size, len(queue))
+            batch = [queue.popleft() for _ in range(n)]
             self.sent += n
-            if counting:
-                tags = [tag for _, tag in batch]
+            tags = None
+            if self._tagged:
+                tags = [self._tags.popleft() for _ in range(n)]
                 self.duplicates_sent += tags.count(DUPLICATE) + tags.count(LATE_DUPLICATE)
                 self.late_sent += tags.count(LATE)
-            task = loop.create_task(self._send(batch))
+            task = loop.create_task(self._send(batch, tags))
             self._tasks.add(task)
             task.add_done_callback(self._sent)
 
@@ -287,9 +299,13 @@ class Simulator:
         if self._queue and (self.running or self._flushing):
             self._dispatch()
 
-    async def _send(self, batch: list[Entry]) -> None:
+    def _enqueue(self, entries: list[Entry]) -> None:
+        self._queue.extend(m for m, _ in entries)
+        self._tags.extend(tag for _, tag in entries)
+
+    async def _send(self, batch: list[Message], tags: list[int] | None) -> None:
         try:
-            await self.transport.send([m for m, _ in batch])
+            await self.transport.send(batch)
         except asyncio.CancelledError:
             self.errors += len(batch)
             raise
@@ -304,11 +320,19 @@ class Simulator:
                 self._first_ack = now
             self._backoff = 0.0
             if self.truth is not None:
-                # A duplicate is the same reading again: the truth counts each message's first copy.
-                # (Should that copy fail and its duplicate get through, the truth misses it.)
-                for m, tag in batch:
-                    if tag in (ORIGINAL, LATE):
-                        self.truth.add(m, late=tag == LATE)
+                self._count(self.truth, batch, tags)
+
+    @staticmethod
+    def _count(truth: GroundTruth, batch: list[Message], tags: list[int] | None) -> None:
+        if tags is None:
+            for m in batch:
+                truth.add(m)
+            return
+        # A duplicate is the same reading again: the truth counts each message's first copy.
+        # (Should that copy fail and its duplicate get through, the truth misses it.)
+        for m, tag in zip(batch, tags, strict=True):
+            if tag in (ORIGINAL, LATE):
+                truth.add(m, late=tag == LATE)
 
     def _failed(self, exc: Exception, n: int) -> None:
         now = self.clock.monotonic()
