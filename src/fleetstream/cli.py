@@ -61,6 +61,27 @@ def up(
     seed: Annotated[
         int | None, typer.Option(envvar="FLEETSTREAM_SIMULATOR__SEED", help="simulator random seed")
     ] = None,
+    jitter: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIMULATOR__JITTER_S",
+            help="simulator: delay each send by 0..this, e.g. 2s (event time unchanged; default 0)",
+        ),
+    ] = None,
+    duplicates: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIMULATOR__DUPLICATES",
+            help="simulator: fraction of messages sent twice, e.g. 0.05 (default 0)",
+        ),
+    ] = None,
+    late: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIMULATOR__LATE",
+            help="simulator: fraction of messages held back past the allowed lateness, e.g. 0.01 (default 0)",
+        ),
+    ] = None,
     store: Annotated[
         str | None,
         typer.Option(
@@ -117,6 +138,8 @@ def up(
     Open http://127.0.0.1:8000 (API docs at /docs). Ctrl-C stops cleanly: every
     acknowledged reading is already stored.
     """
+    knobs = {"jitter_s": jitter, "duplicates": duplicates, "late": late}
+    chosen = {name: value for name, value in knobs.items() if value is not None}  # else env / file / default
     try:
         settings = load_settings(
             host=host,
@@ -128,7 +151,7 @@ def up(
             table=table,
             unsafe_no_auth=unsafe_no_auth,
             log_level=log_level,
-            simulator={"enabled": simulator, "devices": devices, "rate": rate, "seed": seed},
+            simulator={"enabled": simulator, "devices": devices, "rate": rate, "seed": seed, **chosen},
             stream=_given(
                 windows=window, out_of_orderness_s=out_of_orderness, allowed_lateness_s=allowed_lateness
             ),
@@ -278,16 +301,79 @@ def simulate(
     batch: Annotated[
         int, typer.Option(envvar="FLEETSTREAM_SIM_BATCH", help="most messages per request")
     ] = 500,
+    jitter: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_JITTER",
+            help="delay each send by 0..this (event time unchanged), e.g. 500ms, 2s: arrivals out of order",
+        ),
+    ] = "0",
+    duplicates: Annotated[
+        float,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_DUPLICATES",
+            help="fraction of messages sent twice (same payload and msg_id), e.g. 0.05",
+        ),
+    ] = 0.0,
+    late: Annotated[
+        float,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_LATE",
+            help="fraction of messages held back for --late-delay (too late for the server's windows)",
+        ),
+    ] = 0.0,
+    late_delay: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_LATE_DELAY",
+            help="how long late messages are held: > out-of-orderness 5s + allowed lateness 30s + jitter",
+        ),
+    ] = "50s",
+    clock_skew: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_CLOCK_SKEW",
+            help="each device's clock is off by a fixed offset in [-this, +this], e.g. 2s",
+        ),
+    ] = "0",
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_TRUTH",
+            help="write distinct and late readings per sensor and window to this .csv or .json file",
+        ),
+    ] = None,
+    truth_window: Annotated[
+        str, typer.Option(envvar="FLEETSTREAM_SIM_TRUTH_WINDOW", help="window size of the --truth file")
+    ] = "10s",
 ) -> None:
     """Drive any fleetstream server with a simulated fleet, printing progress.
 
     Thermostats, barometers, hygrometers, heart-rate meters and host monitors,
-    values on bounded random walks, event time from the device. Exit code 0 when
-    every message was acknowledged, 1 when some failed, 2 for bad options.
+    values on bounded random walks, event time from the device. --jitter,
+    --duplicates, --late and --clock-skew make the input imperfect the way real
+    fleets are; --truth writes what the server's windows should then hold.
+    Durations: 500ms, 2s, 1m or seconds. Exit code 0 when every message was
+    acknowledged, 1 when some failed, 2 for bad options.
     """
     from fleetstream.simulator.cli import simulate as run_simulation
 
-    raise typer.Exit(run_simulation(devices, rate, target, duration, seed, batch))
+    code = run_simulation(
+        devices,
+        rate,
+        target,
+        duration,
+        seed,
+        batch,
+        jitter=jitter,
+        duplicates=duplicates,
+        late=late,
+        late_delay=late_delay,
+        clock_skew=clock_skew,
+        truth=truth,
+        truth_window=truth_window,
+    )
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,13 +92,33 @@ class StreamSettings(_Group):
         return round((self.out_of_orderness_s + self.allowed_lateness_s) * 1_000_000)
 
 
+def _seconds(value: Any) -> Any:
+    """Duration text (``500ms``, ``2s``, ``1m``) as seconds; numbers pass through."""
+    if isinstance(value, str):
+        from fleetstream.simulator.delivery import parse_duration  # only when a text is given
+
+        try:
+            return parse_duration(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None  # so that the error names the field
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
 class SimulatorSettings(_Group):
-    """The built-in fleet."""
+    """The built-in fleet; the delivery knobs (docs/simulator.md) are off by default."""
 
     enabled: bool = True
     devices: int = Field(50, ge=0, le=100_000)
     rate: float = Field(1.0, gt=0, description="messages per device per second (typed kinds)")
     seed: int | None = None
+    jitter_s: Seconds = Field(0.0, ge=0, description="each message is sent 0..this late (event time kept)")
+    duplicates: float = Field(0.0, ge=0, le=1, description="fraction of messages sent twice")
+    late: float = Field(0.0, ge=0, le=1, description="fraction of messages held back for late_delay_s")
+    late_delay_s: Seconds = Field(50.0, gt=0, description="how long late messages are held")
+    clock_skew_s: Seconds = Field(0.0, ge=0, description="each device's clock is off by up to this")
 
 
 class Settings(BaseSettings):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -19,6 +21,8 @@ from fleetstream.ingest.decode import decode_body
 from fleetstream.ingest.formats import DecodeContext
 from fleetstream.simulator import DeliveryFailed, HttpTransport, Simulator
 from fleetstream.simulator.cli import simulate
+
+from ._support import ServerProcess, query
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +213,41 @@ def test_simulate_runs_against_a_target_and_prints_progress_and_a_summary(
     assert lines[-1].startswith("done after")
     items = decoded_items(rx.accepted())
     assert f"acknowledged {len(items):,}," in lines[-1]
+
+
+def test_the_truth_file_matches_what_a_real_server_stored_in_each_window(
+    start: Callable[..., ServerProcess], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv = start()
+    path = tmp_path / "truth.json"
+    knobs = {"jitter": "300ms", "duplicates": 0.2, "late": 0.05, "late_delay": "1s", "clock_skew": "1s"}
+    code = simulate(
+        devices=30, rate=4.0, target=srv.url, duration=3.0, seed=11, batch=100, truth=path, **knobs
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "warning: --late-delay 1 s may be too short" in err
+    doc = json.loads(path.read_text())
+    counters = doc["counters"]
+    assert doc["complete"]
+    assert doc["seed"] == 11
+    assert counters["duplicates_sent"] > 0
+    assert counters["late_sent"] > 0
+    summary = out.strip().splitlines()[-1]
+    assert f"duplicates {counters['duplicates_sent']:,}, late {counters['late_sent']:,}" in summary
+    # This server keeps every distinct reading, late ones included, and drops the second copies:
+    # each window's stored count is the truth's count.
+    for w in doc["windows"]:
+        status, body = srv.call(
+            "GET",
+            query(
+                "/api/v1/metrics",
+                sensor=w["sensor"],
+                agg="count",
+                from_=w["window_start"],
+                to=w["window_end"],
+            ),
+        )
+        assert status == 200, body
+        assert body["metrics"][w["sensor"]]["count"] == w["count"], w
+    assert sum(w["count"] for w in doc["windows"]) == doc["totals"]["readings"] > 0

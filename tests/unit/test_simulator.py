@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import doctest
 import itertools
+import json
 import random
 import re
 import statistics
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from fleetstream.config import Settings
 from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.timeutil import parse_time
 from fleetstream.errors import ConfigError, InvalidInput, InvalidReading, Overloaded
@@ -28,8 +33,16 @@ from fleetstream.simulator import (
     deal_kinds,
     transport_for,
 )
+from fleetstream.simulator import delivery as delivery_module
+from fleetstream.simulator import fleet as fleet_module
+from fleetstream.simulator import schedule as schedule_module
+from fleetstream.simulator import truth as truth_module
 from fleetstream.simulator.cli import simulate
+from fleetstream.simulator.delivery import LATE, ORIGINAL, Delivery, DeliveryOptions, parse_duration
+from fleetstream.simulator.embedded import add_simulator
+from fleetstream.simulator.models import iso_ms
 from fleetstream.simulator.schedule import Lane
+from fleetstream.simulator.truth import GroundTruth, write_truth
 from fleetstream.testing import Harness
 
 T0 = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
@@ -388,3 +401,315 @@ def test_simulate_refuses_a_target_of_a_later_version(capsys: pytest.CaptureFixt
     assert "later version" in capsys.readouterr().err
     assert simulate(10, 1.0, "http://127.0.0.1:1", 1.0, None, 0) == 2
     assert "--batch" in capsys.readouterr().err
+
+
+# --- delivery knobs: jitter, duplicates, late messages, clock skew; the ground truth -----------------
+
+
+class TimedTransport(ListTransport):
+    """Also notes the clock's monotonic time of each batch it takes."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.times: list[float] = []
+
+    async def send(self, batch: list[Message]) -> None:
+        await super().send(batch)
+        self.times.append(self.clock.monotonic())
+
+    def sends(self) -> list[tuple[float, int, Message]]:
+        """(time sent, batch number, message) of every message, in the order sent."""
+        return [(t, i, m) for i, (t, b) in enumerate(zip(self.times, self.batches, strict=True)) for m in b]
+
+
+def run_and_stop(sim: Simulator, clock: ManualClock, seconds: float, tick: float = 0.1) -> None:
+    """Tick for ``seconds`` of simulated time, then stop (which releases or gives up held messages)."""
+
+    async def scenario() -> None:
+        await sim.tick()
+        for _ in range(round(seconds / tick)):
+            clock.advance(tick)
+            await sim.tick()
+            await asyncio.sleep(0)
+        await sim.stop()
+
+    asyncio.run(scenario())
+
+
+def generated_at(m: Message) -> float:
+    """Seconds after T0 of a message's event time (its generation time when its clock is right)."""
+    return (parse_time(m.get("timestamp") or m["ts"]) - T0) / 1e6
+
+
+def key(m: Message) -> tuple[str, str]:
+    return m["device_id"], m["msg_id"]
+
+
+def test_durations_read_milliseconds_seconds_minutes_or_plain_seconds() -> None:
+    cases = {
+        "500ms": 0.5,
+        "2s": 2.0,
+        "1m": 60.0,
+        "1.5m": 90.0,
+        "3": 3.0,
+        "0.25": 0.25,
+        "2S": 2.0,
+        "0": 0.0,
+        "1d": 86400.0,
+    }
+    assert {text: parse_duration(text) for text in cases} == cases
+    assert parse_duration(7) == 7.0
+    for bad in ("", "2 sec", "-1s", "1y", "s", "1e3"):
+        with pytest.raises(ConfigError, match="--jitter: expected a duration"):
+            parse_duration(bad, "--jitter")
+    with pytest.raises(ConfigError, match="fraction"):
+        DeliveryOptions(duplicates=1.5)
+
+
+def test_duplicates_are_identical_copies_in_a_later_batch_at_the_chosen_rate() -> None:
+    def run(tick: float) -> tuple[Simulator, TimedTransport]:
+        clock = ManualClock(T0)
+        transport = TimedTransport(clock)
+        sim = Simulator(200, 1.0, 5, clock, transport, delivery=DeliveryOptions(duplicates=0.05))
+        run_and_stop(sim, clock, 30.0, tick)
+        return sim, transport
+
+    sim, transport = run(0.1)
+    copies: dict[tuple[str, str], list[tuple[float, int, Message]]] = defaultdict(list)
+    for sent in transport.sends():
+        copies[key(sent[2])].append(sent)
+    twice = {k: v for k, v in copies.items() if len(v) == 2}
+    n = len(copies)
+    assert n == sim.generated == 160 * 30 + 40 * (1 + 10 + 2)  # typed at 1/s; hosts: startup, 3 s, 15 s
+    assert all(len(v) <= 2 for v in copies.values())
+    assert sim.duplicates_sent == len(twice) == sim.sent - n == sim.acknowledged - n
+    assert 0.04 * n <= len(twice) <= 0.06 * n
+    gaps = []
+    for (t1, batch1, m1), (t2, batch2, m2) in twice.values():
+        assert m2 == m1  # the same payload, msg_id included
+        assert batch2 > batch1
+        if t2 < 30.0 - 1e-6:  # not released early by the stop
+            gaps.append(t2 - t1)
+    assert all(0.1 - 1e-9 <= g < 1.1 for g in gaps)
+    assert statistics.fmean(gaps) == pytest.approx(0.6, abs=0.06)  # 0.1..1 s, then the next 0.1 s tick
+
+    # The picks follow the seed, the device and the sequence number, not how the ticks fall (with
+    # 0.25 s ticks, the messages of the fleet's lanes interleave differently).
+    _, other = run(0.25)
+    assert [m["device_id"] for m in other.messages] != [m["device_id"] for m in transport.messages]
+    counted = Counter(key(m) for m in other.messages)
+    early = {k for k, v in copies.items() if generated_at(v[0][2]) < 29.0}
+    assert {k for k in early if counted[k] == 2} == {k for k in early if k in twice}
+
+
+def test_late_messages_are_held_for_the_late_delay_and_the_last_ones_are_never_sent() -> None:
+    def run(options: DeliveryOptions | None) -> tuple[Simulator, TimedTransport]:
+        clock = ManualClock(T0)
+        transport = TimedTransport(clock)
+        sim = Simulator(100, 1.0, 3, clock, transport, kinds=TYPED_ONLY, delivery=options)
+        run_and_stop(sim, clock, 60.0)
+        return sim, transport
+
+    sim, transport = run(DeliveryOptions(late=0.02, late_delay_s=40.0))
+    delays = [(t - generated_at(m), m) for t, _, m in transport.sends()]
+    late = [m for d, m in delays if d > 1e-6]
+    assert all(d < 1e-6 or 40.0 - 1e-6 <= d < 40.1 for d, _ in delays)  # at once, or after the delay
+    assert len(late) == sim.late_sent
+    assert 20 <= sim.late_sent <= 60  # ~2% of the 2,000 messages generated in the first 20 s
+    # A late message arrives after messages with later event times: the server sees it out of order.
+    arrival = [generated_at(m) for _, _, m in transport.sends()]
+    assert any(a > b + 30 for a, b in itertools.pairwise(arrival))
+
+    _, plain = run(None)
+    unsent = {key(m) for m in plain.messages} - {key(m) for m in transport.messages}
+    assert len(transport.messages) == len({key(m) for m in transport.messages})  # nothing twice
+    assert len(unsent) == sim.late_unsent == sim.generated - sim.sent
+    assert all(generated_at(m) > 20.0 for m in plain.messages if key(m) in unsent)  # held at the end
+    assert 0.01 * 6000 <= sim.late_sent + sim.late_unsent <= 0.03 * 6000
+
+
+def test_late_messages_are_held_in_the_order_generated_and_counted_while_held() -> None:
+    held = Delivery(DeliveryOptions(late=0.5, late_delay_s=10.0), seed=3)
+    messages = [{"device_id": f"d-{i % 7}", "msg_id": f"boot-{i}"} for i in range(200)]
+    ready = held.route(messages, now=5.0)
+    assert {tag for _, tag in ready} == {ORIGINAL}
+    sent_now = {id(m) for m, _ in ready}
+    late = [m for m in messages if id(m) not in sent_now]
+    assert held.held_late == len(late) == 200 - len(ready)
+    assert 70 <= len(late) <= 130
+    assert held.due(14.99) == []
+    assert held.due(15.0) == [(m, LATE) for m in late]
+    assert held.held_late == 0
+
+
+def test_jitter_disorders_arrivals_within_the_jitter_but_never_changes_event_times() -> None:
+    def run(options: DeliveryOptions | None) -> TimedTransport:
+        clock = ManualClock(T0)
+        transport = TimedTransport(clock)
+        sim = Simulator(100, 1.0, 9, clock, transport, kinds=TYPED_ONLY, delivery=options)
+        run_and_stop(sim, clock, 20.0)
+        return transport
+
+    plain, jittered = run(None), run(DeliveryOptions(jitter_s=2.0))
+
+    def canonical(messages: list[Message]) -> list[bytes]:
+        return sorted(msgspec.json.encode(m, order="sorted") for m in messages)
+
+    assert canonical(jittered.messages) == canonical(plain.messages)
+    assert len(plain.messages) == 2000
+    in_order = [generated_at(m) for m in plain.messages]
+    assert in_order == sorted(in_order)
+    arrival = [generated_at(m) for m in jittered.messages]
+    inversions = sum(1 for a, b in itertools.pairwise(arrival) if b < a)
+    assert inversions > len(arrival) / 10
+    delays = [t - generated_at(m) for t, _, m in jittered.sends()]
+    assert all(-1e-9 <= d < 2.1 for d in delays)
+    assert max(delays) > 1.9
+    assert 0.9 <= statistics.fmean(delays) <= 1.2  # uniform over 0..2 s, sent at the next 0.1 s tick
+
+
+def test_clock_skew_shifts_each_devices_event_times_by_its_own_fixed_offset() -> None:
+    def run(skew_s: float) -> list[tuple[int, Message]]:
+        clock, fleet = ManualClock(T0), Fleet(40, 1.0, 4, clock_skew_s=skew_s)
+        sent: list[tuple[int, Message]] = []
+        for _ in range(100):
+            clock.advance(0.1)
+            sent.extend((clock.now_us(), m) for m in fleet.advance(clock.monotonic(), clock.now_us()))
+        return sent
+
+    skewed, plain = run(2.0), run(0.0)
+    offsets: dict[str, set[int]] = defaultdict(set)
+    for now_us, m in skewed:
+        offsets[m["device_id"]].add(parse_time(m.get("timestamp") or m["ts"]) - now_us)
+    assert len(offsets) == 40
+    assert all(len(seen) == 1 for seen in offsets.values())  # one offset per device, all along
+    values = [next(iter(seen)) for seen in offsets.values()]
+    assert all(-2_000_000 <= v <= 2_000_000 for v in values)
+    assert min(values) < -1_000_000 < 1_000_000 < max(values)
+    assert len(set(values)) > 30
+
+    def without_time(m: Message) -> Message:
+        return {k: v for k, v in m.items() if k not in ("timestamp", "ts")}
+
+    assert [without_time(m) for _, m in skewed] == [without_time(m) for _, m in plain]  # ids, values
+    assert run(2.0) == skewed
+
+
+def test_truth_counts_each_delivered_reading_once_per_window_and_flags_the_held_ones(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    transport, truth = TimedTransport(clock), GroundTruth(10.0)
+    options = DeliveryOptions(jitter_s=1.0, duplicates=0.1, late=0.05, late_delay_s=15.0)
+    sim = Simulator(60, 2.0, 21, clock, transport, delivery=options, clock_skew_s=1.5, truth=truth)
+    run_and_stop(sim, clock, 45.0)
+    assert sim.duplicates_sent > 0
+    assert sim.late_sent > 0
+
+    # Independently: the server's decoder over the first copy of each message the transport took.
+    first: dict[tuple[str, str], tuple[float, Message]] = {}
+    for t, _, m in transport.sends():
+        first.setdefault(key(m), (t, m))
+    body = msgspec.json.encode([m for _, m in first.values()])
+    decoded = decode_body(body, "json", DecodeContext(clock.now_us(), 3_600_000_000), max_items=len(first))
+    assert decoded.rejected == []
+    expected: Counter[tuple[str, int]] = Counter()
+    expected_late: Counter[tuple[str, int]] = Counter()
+    for (t, _), message in zip(first.values(), decoded.messages, strict=True):
+        held = t - (message.ts - T0) / 1e6 > 10.0  # on time: < 1.1 s jitter + 1.5 s skew; held: > 13.5 s
+        for r in message.readings:
+            cell = (r.sensor, r.ts - r.ts % 10_000_000)
+            expected[cell] += 1
+            expected_late[cell] += held
+    rows = {(r.sensor, r.window_start_us): (r.count, r.late) for r in truth.rows()}
+    assert rows == {cell: (n, expected_late[cell]) for cell, n in expected.items()}
+    assert truth.messages == len(first)
+    assert truth.late_readings == sum(expected_late.values()) > 0
+
+    write_truth(tmp_path / "truth.json", truth, {"seed": 21}, complete=True)
+    doc = json.loads((tmp_path / "truth.json").read_text())
+    assert (doc["format"], doc["complete"], doc["window_s"], doc["seed"]) == (
+        "fleetstream-simulator-truth",
+        True,
+        10.0,
+        21,
+    )
+    assert doc["totals"]["readings"] == sum(expected.values())
+    from_json = {
+        (w["sensor"], parse_time(w["window_start"])): (w["count"], w["late"], w["on_time"])
+        for w in doc["windows"]
+    }
+    assert from_json == {
+        cell: (n, expected_late[cell], n - expected_late[cell]) for cell, n in expected.items()
+    }
+    assert all(
+        parse_time(w["window_end"]) - parse_time(w["window_start"]) == 10_000_000 for w in doc["windows"]
+    )
+    write_truth(tmp_path / "truth.csv", truth, {}, complete=True)
+    with (tmp_path / "truth.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["sensor", "window_start", "window_end", "count", "late", "on_time"]
+    from_csv = {
+        (r["sensor"], parse_time(r["window_start"])): (int(r["count"]), int(r["late"])) for r in table
+    }
+    assert from_csv == rows
+
+
+def test_truth_windows_follow_the_chosen_size_aligned_to_the_epoch() -> None:
+    truth = GroundTruth(60.0)
+    for seconds in (0.0, 59.999, 60.0, 119.5):
+        truth.add({"device_id": "t", "timestamp": iso_ms(T0 + round(seconds * 1e6)), "temperature": 1.0})
+    minute = T0 - T0 % 60_000_000
+    assert [(r.window_start_us - minute, r.count) for r in truth.rows()] == [
+        (0, 1),
+        (60_000_000, 2),
+        (120_000_000, 1),
+    ]
+
+
+def test_simulate_refuses_bad_delivery_options_and_an_unwritable_truth_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = "http://127.0.0.1:1"
+    assert simulate(10, 1.0, target, 1.0, None, 500, jitter="2 sec") == 2
+    assert "--jitter: expected a duration" in capsys.readouterr().err
+    assert simulate(10, 1.0, target, 1.0, None, 500, late=-0.1) == 2
+    assert "late is a fraction" in capsys.readouterr().err
+    assert simulate(10, 1.0, target, 1.0, None, 500, truth=tmp_path / "no" / "such" / "t.json") == 2
+    assert "--truth: cannot write" in capsys.readouterr().err
+    assert simulate(10, 1.0, target, 1.0, None, 500, truth=tmp_path / "t.csv", truth_window="0") == 2
+    assert "truth window" in capsys.readouterr().err
+
+
+def test_simulator_doctests() -> None:
+    for module in (delivery_module, truth_module, fleet_module, schedule_module):
+        failed, attempted = doctest.testmod(module)
+        assert (failed, attempted > 0) == (0, True), module.__name__
+
+
+def test_the_fleet_of_up_takes_the_delivery_knobs_and_the_pipeline_stores_each_message_once() -> None:
+    knobs = {"jitter_s": "500ms", "duplicates": 0.2, "late": 0.1, "late_delay_s": "2s", "clock_skew_s": 1}
+    settings = Settings(simulator={"devices": 30, "seed": 8, **knobs})
+
+    async def scenario() -> tuple[Harness, Simulator]:
+        async with Harness(settings) as h:
+            sim = add_simulator(h.runtime)  # after the start: ticked by hand, stopped by the runtime
+            await sim.tick()
+            for _ in range(100):
+                h.clock.advance(0.1)
+                await sim.tick()
+                await asyncio.sleep(0)
+        return h, sim
+
+    h, sim = asyncio.run(scenario())
+    assert sim.delivery.options == DeliveryOptions(jitter_s=0.5, duplicates=0.2, late=0.1, late_delay_s=2.0)
+    skews = [d.skew_us for d in sim.fleet.devices]
+    assert all(-1_000_000 <= s <= 1_000_000 for s in skews)
+    assert len(set(skews)) == 30
+    assert sim.errors == sim.dropped == 0
+    assert sim.duplicates_sent > 0
+    assert sim.late_sent > 0
+    stored = [(m.device_id, m.msg_id) for m in h.store.messages]
+    assert len(stored) == len(set(stored)) == sim.acknowledged - sim.duplicates_sent
+    assert len(stored) == sim.generated - sim.late_unsent

@@ -2,9 +2,10 @@
 
 ::
 
-    Fleet (who, when, what: pure)  →  Simulator (one loop, per-tick batches)  →  Transport
-                                                                                   ├─ InProcessTransport
-                                                                                   └─ HttpTransport
+    Fleet (who, when, what: pure)  →  Delivery (jitter, duplicates, late: pure)
+        →  Simulator (one loop, per-tick batches)  →  Transport  ├─ InProcessTransport
+                                                                 └─ HttpTransport
+    what the server acknowledged  →  GroundTruth (distinct readings per sensor and window)
 
 Example:
     >>> from fleetstream.domain.clock import ManualClock
@@ -14,6 +15,7 @@ Example:
 """
 
 from fleetstream.errors import DeliveryFailed
+from fleetstream.simulator.delivery import DeliveryOptions, parse_duration
 from fleetstream.simulator.fleet import Fleet, deal_kinds
 from fleetstream.simulator.models import KINDS, TYPED_KINDS, DeviceKind, SensorModel
 from fleetstream.simulator.simulator import Simulator
@@ -24,13 +26,16 @@ from fleetstream.simulator.transports import (
     Transport,
     transport_for,
 )
+from fleetstream.simulator.truth import GroundTruth, write_truth
 
 __all__ = [
     "KINDS",
     "TYPED_KINDS",
     "DeliveryFailed",
+    "DeliveryOptions",
     "DeviceKind",
     "Fleet",
+    "GroundTruth",
     "HttpTransport",
     "InProcessTransport",
     "SensorModel",
@@ -38,5 +43,7 @@ __all__ = [
     "Submit",
     "Transport",
     "deal_kinds",
+    "parse_duration",
     "transport_for",
+    "write_truth",
 ]

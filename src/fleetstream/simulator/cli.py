@@ -10,6 +10,9 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -17,13 +20,22 @@ from rich.text import Text
 
 from fleetstream.domain.clock import SystemClock
 from fleetstream.errors import ConfigError
+from fleetstream.simulator.delivery import DeliveryOptions, parse_duration
 from fleetstream.simulator.simulator import Simulator
 from fleetstream.simulator.transports import transport_for
+from fleetstream.simulator.truth import GroundTruth, write_truth
 
 EXIT_OK = 0
 EXIT_UNDELIVERED = 1
 EXIT_CONFIG = 2
 _PLAIN_EVERY_S = 5
+_TRUTH_EVERY_S = 5
+# The server's defaults: a reading is late once the watermark (newest event time - 5 s) has passed
+# the end of its 10 s window by the allowed lateness (30 s).
+_SERVER_OUT_OF_ORDER_S = 5.0
+_SERVER_WINDOW_S = 10.0
+_SERVER_LATENESS_S = 30.0
+_COUNTERS = ("sent", "acknowledged", "errors", "dropped", "duplicates_sent", "late_sent", "late_unsent")
 
 
 @dataclass(slots=True)
@@ -32,8 +44,34 @@ class _Outcome:
     interrupted: bool = False
 
 
+@dataclass(slots=True)
+class _Truth:
+    """The ground truth of a run and where it goes."""
+
+    path: Path
+    truth: GroundTruth
+    meta: dict[str, Any]
+
+    def write(self, simulator: Simulator, *, complete: bool) -> None:
+        self.meta["counters"] = {name: getattr(simulator, name) for name in _COUNTERS}
+        write_truth(self.path, self.truth, self.meta, complete=complete)
+
+
 def simulate(
-    devices: int, rate: float, target: str, duration: float | None, seed: int | None, batch: int
+    devices: int,
+    rate: float,
+    target: str,
+    duration: float | None,
+    seed: int | None,
+    batch: int,
+    *,
+    jitter: float | str = 0.0,
+    duplicates: float = 0.0,
+    late: float = 0.0,
+    late_delay: float | str = 50.0,
+    clock_skew: float | str = 0.0,
+    truth: Path | None = None,
+    truth_window: float | str = 10.0,
 ) -> int:
     """Run a simulated fleet against ``target`` and report progress until done or Ctrl-C.
 
@@ -51,8 +89,20 @@ def simulate(
         target: where to send: ``http://HOST:PORT`` (POSTs JSON arrays to
             ``/api/v1/telemetry``). ``mqtt://`` and ``kafka://`` arrive in a later version.
         duration: seconds to run; None runs until Ctrl-C.
-        seed: makes the fleet (ids, schedule, values) repeatable; None draws a new one.
+        seed: makes the run (ids, schedule, values, clock skews, delivery picks)
+            repeatable; None draws one, printed at the start.
         batch: most messages per request.
+        jitter: each message is sent 0..jitter after it was generated (event time
+            unchanged), so arrivals are out of order; seconds or ``500ms``, ``2s``, ``1m``.
+        duplicates: fraction of messages sent a second time (same payload and msg_id), 0.1-1 s later.
+        late: fraction of messages held back for ``late_delay`` (the server must count them late).
+        late_delay: how long late messages are held; more than the server's
+            out-of-orderness + smallest window + allowed lateness (5 s + 10 s + 30 s) + ``jitter``.
+        clock_skew: each device's clock is off by a fixed offset drawn in [-clock_skew, +clock_skew].
+        truth: write the ground truth (distinct readings and late ones per sensor
+            and event-time window) to this file: CSV if it ends in ``.csv``, else JSON.
+            Rewritten every 5 s while running, and at the end.
+        truth_window: the truth's window size.
 
     Returns:
         The exit code: 0 when every message was acknowledged, 1 when some were
@@ -70,16 +120,56 @@ def simulate(
         if duration is not None and not duration > 0:
             msg = f"--duration must be positive (or left out to run until Ctrl-C), got {duration}"
             raise ConfigError(msg)
+        options = DeliveryOptions(
+            jitter_s=parse_duration(jitter, "--jitter"),
+            duplicates=duplicates,
+            late=late,
+            late_delay_s=parse_duration(late_delay, "--late-delay"),
+        )
+        skew_s = parse_duration(clock_skew, "--clock-skew")
+        ground = None if truth is None else GroundTruth(parse_duration(truth_window, "--truth-window"))
         transport = transport_for(target)
-        simulator = Simulator(devices, rate, seed, SystemClock(), transport, batch_size=batch)
+        simulator = Simulator(
+            devices,
+            rate,
+            seed,
+            SystemClock(),
+            transport,
+            batch_size=batch,
+            delivery=options,
+            clock_skew_s=skew_s,
+            truth=ground,
+        )
+        recorder = None
+        if truth is not None and ground is not None:
+            meta = _truth_meta(simulator, target, options, skew_s)
+            recorder = _Truth(truth, ground, meta)
+            try:
+                recorder.write(simulator, complete=False)  # fail now, not after the run
+            except OSError as exc:
+                msg = f"--truth: cannot write {truth}: {exc.strerror or exc}"
+                raise ConfigError(msg) from None
     except ConfigError as exc:
         errors.print(f"error: {exc.message}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_CONFIG
+    too_soon = _SERVER_OUT_OF_ORDER_S + _SERVER_WINDOW_S + _SERVER_LATENESS_S + options.jitter_s
+    if options.late and options.late_delay_s < too_soon:
+        errors.print(
+            f"warning: --late-delay {options.late_delay_s:g} s may be too short for a server to count "
+            f"held messages late: its default out-of-orderness ({_SERVER_OUT_OF_ORDER_S:g} s) + smallest "
+            f"window ({_SERVER_WINDOW_S:g} s) + allowed lateness ({_SERVER_LATENESS_S:g} s) + --jitter "
+            f"make {too_soon:g} s",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     console.print(
         f"simulating {devices:,} devices at {rate:g} msg/s each "
         f"(~{simulator.fleet.messages_per_s:,.0f} msg/s in all) → {target}"
         + ("" if duration is None else f" for {duration:g} s")
+        + f"; seed {simulator.seed}"
+        + _knobs(options, skew_s)
         + "; Ctrl-C stops",
         markup=False,
         highlight=False,
@@ -87,14 +177,29 @@ def simulate(
     )
     outcome = _Outcome()
     try:
-        asyncio.run(_drive(simulator, duration, console, outcome))
+        asyncio.run(_drive(simulator, duration, console, outcome, recorder))
     except KeyboardInterrupt:  # Ctrl-C before the loop took over the signal
         outcome.interrupted = True
+    if recorder is not None:
+        try:
+            recorder.write(simulator, complete=True)
+        except OSError as exc:
+            errors.print(f"error: --truth: cannot write {truth}: {exc}", markup=False, highlight=False)
+            return EXIT_UNDELIVERED
+        console.print(
+            f"ground truth: {recorder.truth.readings:,} readings ({recorder.truth.late_readings:,} late) "
+            f"in {len(recorder.truth.rows()):,} windows of {recorder.truth.window_us / 1e6:g} s → {truth}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     _summary(simulator, outcome, console)
     return EXIT_OK if simulator.errors == simulator.dropped == 0 else EXIT_UNDELIVERED
 
 
-async def _drive(simulator: Simulator, duration: float | None, console: Console, outcome: _Outcome) -> None:
+async def _drive(
+    simulator: Simulator, duration: float | None, console: Console, outcome: _Outcome, recorder: _Truth | None
+) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     stop = asyncio.Event()
@@ -111,7 +216,7 @@ async def _drive(simulator: Simulator, duration: float | None, console: Console,
     live = Live(Text(""), console=console, auto_refresh=False) if console.is_terminal else None
     run = asyncio.create_task(simulator.run(duration), name="fleetstream-simulate")
     stopped = asyncio.create_task(stop.wait())
-    report = asyncio.create_task(_report(simulator, console, live, started))
+    report = asyncio.create_task(_report(simulator, console, live, started, recorder))
     try:
         with live if live is not None else contextlib.nullcontext():
             await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -131,7 +236,9 @@ async def _drive(simulator: Simulator, duration: float | None, console: Console,
         outcome.elapsed_s = loop.time() - started
 
 
-async def _report(simulator: Simulator, console: Console, live: Live | None, started: float) -> None:
+async def _report(
+    simulator: Simulator, console: Console, live: Live | None, started: float, recorder: _Truth | None
+) -> None:
     loop = asyncio.get_running_loop()
     seconds = 0
     while True:
@@ -142,6 +249,41 @@ async def _report(simulator: Simulator, console: Console, live: Live | None, sta
             live.update(Text(line), refresh=True)
         elif seconds % _PLAIN_EVERY_S == 0:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if recorder is not None and seconds % _TRUTH_EVERY_S == 0:
+            try:
+                recorder.write(simulator, complete=False)
+            except OSError as exc:  # a full disk, say: keep simulating, the final write will tell
+                console.print(f"warning: --truth: {exc}", markup=False, highlight=False)
+
+
+def _knobs(options: DeliveryOptions, skew_s: float) -> str:
+    parts = []
+    if options.jitter_s:
+        parts.append(f"jitter {options.jitter_s:g} s")
+    if options.duplicates:
+        parts.append(f"duplicates {options.duplicates:.2%}")
+    if options.late:
+        parts.append(f"late {options.late:.2%} (held {options.late_delay_s:g} s)")
+    if skew_s:
+        parts.append(f"clock skew ±{skew_s:g} s")
+    return "; " + ", ".join(parts) if parts else ""
+
+
+def _truth_meta(simulator: Simulator, target: str, options: DeliveryOptions, skew_s: float) -> dict[str, Any]:
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "target": target,
+        "seed": simulator.seed,
+        "devices": len(simulator.fleet),
+        "rate": simulator.device_rate,
+        "options": {
+            "jitter_s": options.jitter_s,
+            "duplicates": options.duplicates,
+            "late": options.late,
+            "late_delay_s": options.late_delay_s,
+            "clock_skew_s": skew_s,
+        },
+    }
 
 
 def _progress(simulator: Simulator, elapsed_s: float) -> str:
@@ -149,6 +291,11 @@ def _progress(simulator: Simulator, elapsed_s: float) -> str:
         f"{elapsed_s:6.0f} s  sent {simulator.sent:,}  acknowledged {simulator.acknowledged:,}  "
         f"errors {simulator.errors:,}  rate {simulator.rate:,.0f} msg/s"
     )
+    options = simulator.delivery.options
+    if options.duplicates:
+        line += f"  duplicates {simulator.duplicates_sent:,}"
+    if options.late:
+        line += f"  late {simulator.late_sent:,} (+{simulator.delivery.held_late:,} held)"
     if simulator.dropped:
         line += f"  dropped {simulator.dropped:,}"
     return line
@@ -157,9 +304,15 @@ def _progress(simulator: Simulator, elapsed_s: float) -> str:
 def _summary(simulator: Simulator, outcome: _Outcome, console: Console) -> None:
     elapsed = max(outcome.elapsed_s, 1e-9)
     how = "interrupted" if outcome.interrupted else "done"
+    sent = f"sent {simulator.sent:,}"
+    if simulator.delivery.options.active:
+        sent += (
+            f" (duplicates {simulator.duplicates_sent:,}, late {simulator.late_sent:,}, "
+            f"held late at the end and not sent {simulator.late_unsent:,})"
+        )
     console.print(
         f"{how} after {outcome.elapsed_s:.1f} s: {len(simulator.fleet):,} devices, "
-        f"sent {simulator.sent:,}, acknowledged {simulator.acknowledged:,}, errors {simulator.errors:,}, "
+        f"{sent}, acknowledged {simulator.acknowledged:,}, errors {simulator.errors:,}, "
         f"dropped {simulator.dropped:,}; mean {simulator.acknowledged / elapsed:,.0f} msg/s acknowledged",
         markup=False,
         highlight=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fleetstream.simulator.delivery import DeliveryOptions
 from fleetstream.simulator.simulator import Simulator
 from fleetstream.simulator.transports import InProcessTransport
 
@@ -24,6 +25,13 @@ def add_simulator(runtime: Runtime) -> Simulator:
         settings.seed,
         runtime.clock,
         InProcessTransport(runtime.gateway.submit),
+        delivery=DeliveryOptions(
+            jitter_s=settings.jitter_s,
+            duplicates=settings.duplicates,
+            late=settings.late,
+            late_delay_s=settings.late_delay_s,
+        ),
+        clock_skew_s=settings.clock_skew_s,
     )
     runtime.extras.append(simulator)
     runtime.info["simulator"] = simulator

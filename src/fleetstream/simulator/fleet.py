@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetstream.errors import ConfigError
+from fleetstream.simulator.delivery import Draws
 from fleetstream.simulator.models import HOST_CPU, HOST_MEM, HOST_TEMP, KINDS, DeviceKind, SimDevice, iso_ms
 from fleetstream.simulator.schedule import Lane
 
@@ -69,6 +70,12 @@ class Fleet:
     Given a ``seed`` (and the same calls), the fleet's ids, phases and values
     are the same every time.
 
+    With ``clock_skew_s``, each device's clock is wrong by a fixed offset,
+    drawn uniformly in ``[-clock_skew_s, +clock_skew_s]`` (whole milliseconds)
+    from the seed and the device id: its event times are the true time plus
+    that offset. The offsets use no draw of the fleet's own generator, so
+    ids, phases and values are those of the same seed without skew.
+
     Example:
         >>> fleet = Fleet(2, rate=1.0, seed=7, kinds={"thermostat": 1})
         >>> sent = fleet.advance(2.0, 1_680_033_862_000_000)
@@ -82,12 +89,17 @@ class Fleet:
         rate: float = 1.0,
         seed: int | None = None,
         kinds: Mapping[str, float] | None = None,
+        *,
+        clock_skew_s: float = 0.0,
     ) -> None:
         if devices < 0:
             msg = f"the number of devices must be >= 0, got {devices}"
             raise ConfigError(msg)
         if not rate > 0:
             msg = f"the rate must be > 0 messages per device per second, got {rate}"
+            raise ConfigError(msg)
+        if not clock_skew_s >= 0:
+            msg = f"the clock skew must be >= 0 s, got {clock_skew_s}"
             raise ConfigError(msg)
         self.rate = rate
         self.rng = random.Random(seed)
@@ -96,6 +108,10 @@ class Fleet:
         for kind in deal_kinds(devices, kinds):
             numbers[kind.key] = numbers.get(kind.key, 0) + 1
             self.devices.append(SimDevice(f"{kind.key}-{numbers[kind.key]:04d}", kind, self.rng))
+        if clock_skew_s > 0:
+            draws = Draws(random.getrandbits(64) if seed is None else seed)
+            for d in self.devices:
+                d.skew_us = round((2.0 * draws.device_skew(d.device_id) - 1.0) * clock_skew_s * 1000) * 1000
         self.hosts = [d for d in self.devices if d.kind.envelope]
         typed = [d for d in self.devices if not d.kind.envelope]
 
@@ -113,6 +129,7 @@ class Fleet:
         self._mem = host[HOST_MEM].walk(self.heartbeats.period_s)
         self._temp = host[HOST_TEMP].walk(self.temperatures.period_s)
         self._started = False
+        self._seconds: dict[int, str] = {}  # epoch second → its text, for skewed event times
         # Message ids are "<boot>-<seq>": seq counts from 0 per device and boot is the start time,
         # like a device's boot counter, so a second run against the same server is not mistaken
         # for re-sends of the first (the server dedups on the msg_id).
@@ -135,14 +152,15 @@ class Fleet:
 
         Args:
             elapsed_s: seconds since the fleet started (a monotonic clock's difference).
-            now_us: the wall clock now (microseconds, UTC): the event time of every message.
+            now_us: the wall clock now (microseconds, UTC): the event time of every message,
+                plus the device's clock skew if it has one.
         """
         ts = iso_ms(now_us)
         out: list[Message] = []
         if not self._started:
             self._started = True
             self.boot = _base36(now_us // 1000)
-            out.extend(self._envelope(d, "startup", ts, {}) for d in self.hosts)
+            out.extend(self._envelope(d, "startup", self._stamp(d, ts, now_us), {}) for d in self.hosts)
         rng = self.rng
         for d in self.typed.due(elapsed_s):
             sensor = d.kind.sensors[0]
@@ -150,7 +168,7 @@ class Fleet:
             out.append(
                 {
                     "device_id": d.device_id,
-                    "timestamp": ts,
+                    "timestamp": ts if not d.skew_us else self._skewed(now_us + d.skew_us),
                     sensor.name: sensor.shown(d.values[0]),
                     "tag": d.kind.tag,
                     "msg_id": f"{self.boot}-{d.next_seq()}",
@@ -164,16 +182,30 @@ class Fleet:
                 "cpu_usage": sensors[HOST_CPU].shown(values[HOST_CPU]),
                 "mem_usage": sensors[HOST_MEM].shown(values[HOST_MEM]),
             }
-            out.append(self._envelope(d, "heartbeat", ts, event))
+            out.append(self._envelope(d, "heartbeat", self._stamp(d, ts, now_us), event))
         for d in self.temperatures.due(elapsed_s):
             d.values[HOST_TEMP] = self._temp.step(d.values[HOST_TEMP], d.homes[HOST_TEMP], rng)
             event = {"temperature": d.kind.sensors[HOST_TEMP].shown(d.values[HOST_TEMP])}
-            out.append(self._envelope(d, "temperature", ts, event))
+            out.append(self._envelope(d, "temperature", self._stamp(d, ts, now_us), event))
         return out
 
     def skip(self, elapsed_s: float) -> int:
         """Give up the occurrences due before ``elapsed_s`` (after a stall); how many were dropped."""
         return sum(lane.skip(elapsed_s) for lane in (self.typed, self.heartbeats, self.temperatures))
+
+    def _stamp(self, device: SimDevice, ts: str, now_us: int) -> str:
+        """The event time a device sends: ``ts`` (the text of ``now_us``) unless its clock is off."""
+        return ts if not device.skew_us else self._skewed(now_us + device.skew_us)
+
+    def _skewed(self, us: int) -> str:
+        # iso_ms(us), formatting each second once: with skewed clocks, every device's text differs.
+        second, rest = divmod(us, 1_000_000)
+        text = self._seconds.get(second)
+        if text is None:
+            if len(self._seconds) > 1000:
+                self._seconds.clear()
+            text = self._seconds[second] = iso_ms(second * 1_000_000)[:-5]
+        return f"{text}.{rest // 1000:03d}Z"
 
     def _envelope(self, device: SimDevice, kind: str, ts: str, event: dict[str, float | int]) -> Message:
         return {

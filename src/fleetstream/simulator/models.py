@@ -148,14 +148,15 @@ TYPED_KINDS: tuple[str, ...] = tuple(key for key, kind in KINDS.items() if not k
 
 
 class SimDevice:
-    """One simulated device: its identity, its message counter and its sensors' state."""
+    """One simulated device: its identity, its message counter, its clock's error and its sensors' state."""
 
-    __slots__ = ("device_id", "homes", "kind", "seq", "values")
+    __slots__ = ("device_id", "homes", "kind", "seq", "skew_us", "values")
 
     def __init__(self, device_id: str, kind: DeviceKind, rng: random.Random) -> None:
         self.device_id = device_id
         self.kind = kind
         self.seq = 0
+        self.skew_us = 0  # added to the true time in the event times it sends
         self.homes: list[float] = []
         self.values: list[float] = []
         for sensor in kind.sensors:

@@ -8,6 +8,10 @@ batch is counted, logged (at most every 10 s) and makes the loop back off; it
 never stops the simulator. While the target cannot keep up, the queue is
 bounded: the oldest messages are dropped (and counted) rather than memory
 growing without end.
+
+Between the fleet and the queue, a :class:`~fleetstream.simulator.delivery.Delivery`
+may hold messages back (jitter, late) and schedule second copies
+(duplicates); with its knobs off, every message is queued when generated.
 """
 
 from __future__ import annotations
@@ -15,14 +19,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
 
 from fleetstream.domain.clock import Clock
 from fleetstream.domain.stats import RateMeter
+from fleetstream.simulator.delivery import (
+    DUPLICATE,
+    LATE,
+    LATE_DUPLICATE,
+    ORIGINAL,
+    Delivery,
+    DeliveryOptions,
+    Entry,
+    Message,
+)
 from fleetstream.simulator.fleet import Fleet
 from fleetstream.simulator.transports import Transport
+from fleetstream.simulator.truth import GroundTruth
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +51,8 @@ class Simulator:
     Args:
         devices: how many devices (dealt round-robin over the kinds, see ``kinds``).
         rate: messages per device per second of typed kinds; host monitors' periods are divided by it.
-        seed: makes ids, phases and values repeatable; None draws a fresh fleet.
+        seed: makes ids, phases, values, clock skews and delivery picks repeatable;
+            None draws one (see :attr:`seed`).
         clock: gives event times (``now_us``) and the schedule's time (``monotonic``).
         transport: where batches go; started by :meth:`start` and closed by :meth:`stop`.
         kinds: weight per kind key (``thermostat``, ``barometer``, ``hygrometer``,
@@ -48,11 +64,18 @@ class Simulator:
             (default: 10 s of the fleet's traffic, at least 10 batches).
         max_lag_s: after a stall (a suspended process) longer than this, the
             missed messages are not generated at all, only counted as dropped.
+        delivery: jitter, duplicates and late messages (see
+            :class:`~fleetstream.simulator.delivery.DeliveryOptions`); None: all off.
+        clock_skew_s: each device's clock is off by a fixed offset in ``[-clock_skew_s, +clock_skew_s]``.
+        truth: counts every distinct message the server acknowledged, per event-time window.
 
-    Counters (messages): ``generated``; ``sent`` (handed to the transport);
-    ``acknowledged``; ``errors`` (rejected, or undeliverable after the
-    transport's retries); ``dropped`` (never sent: the target was too slow).
-    :attr:`rate` is the acknowledged messages per second of the last seconds.
+    Counters (messages): ``generated``; ``sent`` (handed to the transport,
+    second copies included); ``acknowledged``; ``errors`` (rejected, or
+    undeliverable after the transport's retries); ``dropped`` (never sent: the
+    target was too slow); ``duplicates_sent`` (second copies sent);
+    ``late_sent`` (held back past the late delay, then sent); ``late_unsent``
+    (held back when the run ended, so never sent). :attr:`rate` is the
+    acknowledged messages per second of the last seconds.
 
     Example:
         A test drives it with a manual clock and a fake transport::
@@ -77,11 +100,18 @@ class Simulator:
         max_in_flight: int = 4,
         max_pending: int | None = None,
         max_lag_s: float = 5.0,
+        delivery: DeliveryOptions | None = None,
+        clock_skew_s: float = 0.0,
+        truth: GroundTruth | None = None,
     ) -> None:
         if batch_size < 1 or max_in_flight < 1 or not tick_s > 0:
             msg = "batch_size and max_in_flight must be >= 1, tick_s > 0"
             raise ValueError(msg)
-        self.fleet = Fleet(devices, rate, seed, kinds)
+        self.seed = random.randrange(2**63) if seed is None else seed
+        """The seed in use: the one given, or the one drawn (to repeat a run with)."""
+        self.fleet = Fleet(devices, rate, self.seed, kinds, clock_skew_s=clock_skew_s)
+        self.delivery = Delivery(delivery or DeliveryOptions(), self.seed)
+        self.truth = truth
         self.device_rate = rate
         self.clock = clock
         self.transport = transport
@@ -91,7 +121,12 @@ class Simulator:
         self.max_pending = max_pending or max(10 * batch_size, round(10 * self.fleet.messages_per_s))
         self.max_lag_s = max_lag_s
         self.generated = self.sent = self.acknowledged = self.errors = self.dropped = 0
-        self._queue: deque[dict[str, Any]] = deque()
+        self.duplicates_sent = self.late_sent = self.late_unsent = 0
+        self._queue: deque[Message] = deque()
+        # The tag of each queued message (original, duplicate, late), kept in step with the queue
+        # only when a delivery knob is on: without them, the queue is the fleet's messages as is.
+        self._tagged = self.delivery.options.active
+        self._tags: deque[int] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rate = RateMeter(_RATE_WINDOW_S)
         self._first_ack: float | None = None
@@ -120,6 +155,11 @@ class Simulator:
         return len(self._queue)
 
     @property
+    def held(self) -> int:
+        """Messages (and second copies) held back by the delivery knobs, not queued yet."""
+        return self.delivery.held
+
+    @property
     def running(self) -> bool:
         """Whether the loop is running."""
         return self._loop_task is not None and not self._loop_task.done()
@@ -133,12 +173,20 @@ class Simulator:
         self._loop_task = asyncio.create_task(self._loop(), name="fleetstream-simulator")
 
     async def stop(self, flush_timeout_s: float = 10.0) -> None:
-        """Stop the loop, send what is queued (for at most ``flush_timeout_s``), close the transport."""
+        """Stop the loop, send what is queued (for at most ``flush_timeout_s``), close the transport.
+
+        Messages held back for jitter, and second copies, are sent at once.
+        Late messages whose delay has not passed are not sent (sent now, they
+        would not be late): :attr:`late_unsent` counts them.
+        """
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        released, unsent = self.delivery.release(self.clock.monotonic())
+        self._enqueue(released)
+        self.late_unsent += unsent
         try:
             await self.flush(flush_timeout_s)
         finally:
@@ -171,11 +219,19 @@ class Simulator:
         messages = self.fleet.advance(elapsed, self.clock.now_us())
         self._until = elapsed
         self.generated += len(messages)
-        self._queue.extend(messages)
+        if self._tagged:
+            delivery = self.delivery
+            if delivery.held:
+                self._enqueue(delivery.due(now))
+            self._enqueue(delivery.route(messages, now))
+        else:
+            self._queue.extend(messages)
         overflow = len(self._queue) - self.max_pending
         if overflow > 0:
             for _ in range(overflow):
                 self._queue.popleft()
+                if self._tagged:
+                    self._tags.popleft()
             self.dropped += overflow
         self._dispatch()
         return len(messages)
@@ -207,6 +263,7 @@ class Simulator:
             log.warning("dropping %d queued messages: the target did not take them in time", len(self._queue))
             self.dropped += len(self._queue)
             self._queue.clear()
+            self._tags.clear()
 
     async def _loop(self) -> None:
         next_tick = self.clock.monotonic()
@@ -223,11 +280,17 @@ class Simulator:
         if not self._flushing and self.clock.monotonic() < self._resume_at:
             return
         loop = asyncio.get_running_loop()
-        while self._queue and len(self._tasks) < self.max_in_flight:
-            n = min(self.batch_size, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
+        queue = self._queue
+        while queue and len(self._tasks) < self.max_in_flight:
+            n = min(self.batch_size, len(queue))
+            batch = [queue.popleft() for _ in range(n)]
             self.sent += n
-            task = loop.create_task(self._send(batch))
+            tags = None
+            if self._tagged:
+                tags = [self._tags.popleft() for _ in range(n)]
+                self.duplicates_sent += tags.count(DUPLICATE) + tags.count(LATE_DUPLICATE)
+                self.late_sent += tags.count(LATE)
+            task = loop.create_task(self._send(batch, tags))
             self._tasks.add(task)
             task.add_done_callback(self._sent)
 
@@ -236,7 +299,11 @@ class Simulator:
         if self._queue and (self.running or self._flushing):
             self._dispatch()
 
-    async def _send(self, batch: list[dict[str, Any]]) -> None:
+    def _enqueue(self, entries: list[Entry]) -> None:
+        self._queue.extend(m for m, _ in entries)
+        self._tags.extend(tag for _, tag in entries)
+
+    async def _send(self, batch: list[Message], tags: list[int] | None) -> None:
         try:
             await self.transport.send(batch)
         except asyncio.CancelledError:
@@ -252,6 +319,20 @@ class Simulator:
             if self._first_ack is None:
                 self._first_ack = now
             self._backoff = 0.0
+            if self.truth is not None:
+                self._count(self.truth, batch, tags)
+
+    @staticmethod
+    def _count(truth: GroundTruth, batch: list[Message], tags: list[int] | None) -> None:
+        if tags is None:
+            for m in batch:
+                truth.add(m)
+            return
+        # A duplicate is the same reading again: the truth counts each message's first copy.
+        # (Should that copy fail and its duplicate get through, the truth misses it.)
+        for m, tag in zip(batch, tags, strict=True):
+            if tag in (ORIGINAL, LATE):
+                truth.add(m, late=tag == LATE)
 
     def _failed(self, exc: Exception, n: int) -> None:
         now = self.clock.monotonic()
