@@ -170,9 +170,10 @@ async def get_device_events(
     await current_twin(engine, store, device_id)
     start = time_param("from", from_, 0) if from_ else None
     end = time_param("to", to, 0) if to else None
-    query = EventQuery(device_id, start, end, split_values(type), after_seq, limit)
+    query = EventQuery(device_id, start, end, split_values(type), after_seq, limit + 1)
     events = await store.device_events(query)
-    more = len(events) == limit
+    more = len(events) > limit
+    events = events[:limit]
     body = {
         "device_id": device_id,
         "events": [event_json(e) for e in events],

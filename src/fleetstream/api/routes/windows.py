@@ -120,8 +120,9 @@ async def stream_windows(
     """Each event is `event: window` with the JSON of `/api/v1/windows`; a new `version` of a window
     already sent is an update. `device_id=*` follows every device's windows."""
     sensors = set(split_values(sensor))
-    devices = set(split_values(device_id)) or {ALL_DEVICES}
-    every_device = "*" in devices
+    asked = set(split_values(device_id))
+    every_device = "*" in asked  # every device's own windows
+    devices = asked - {"*"} if asked else {ALL_DEVICES}  # none asked: the fleet's windows
     size_us = window_size(engine, size) if size else None
 
     def accept(w: WindowAggregate) -> bool:
