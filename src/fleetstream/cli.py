@@ -114,21 +114,21 @@ def up(
         str | None,
         typer.Option(
             envvar="FLEETSTREAM_STREAM__WINDOWS",
-            help="tumbling event-time window sizes, comma-separated [default: 10s,1m]",
+            help="tumbling event-time window sizes, comma-separated (default 10s,1m)",
         ),
     ] = None,
     out_of_orderness: Annotated[
         float | None,
         typer.Option(
             envvar="FLEETSTREAM_STREAM__OUT_OF_ORDERNESS_S",
-            help="seconds of disorder the watermark waits for [default: 5]",
+            help="seconds of disorder the watermark waits for (default 5)",
         ),
     ] = None,
     allowed_lateness: Annotated[
         float | None,
         typer.Option(
             envvar="FLEETSTREAM_STREAM__ALLOWED_LATENESS_S",
-            help="seconds an emitted window still takes late readings (as a new version) [default: 30]",
+            help="seconds an emitted window still takes late readings, as a new version (default 30)",
         ),
     ] = None,
 ) -> None:
