@@ -16,8 +16,10 @@ messages for the few consumers that want them whole (live streams).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
 
 from fleetstream.domain.records import DedupKey, DeviceMessage, Reading
 
@@ -119,11 +121,11 @@ class Batch:
     def take(self, rows: Sequence[int]) -> Batch:
         """A batch of the given rows (in that order) and the same events."""
         out = Batch(events=self.events, event_msg=self.event_msg)
+        pick = _picker(rows)
         for name in _ROW_COLUMNS:
-            column = getattr(self, name)
-            setattr(out, name, [column[i] for i in rows])
+            setattr(out, name, pick(getattr(self, name)))
         if self.seq:
-            out.seq = [self.seq[i] for i in rows]
+            out.seq = pick(self.seq)
         out.messages_count = len(set(out.msg)) + len(out.events)
         return out
 
@@ -172,6 +174,17 @@ class Batch:
         if events:  # in their place among the others: message numbers follow arrival order
             numbered = sorted([*numbered, *events], key=lambda pair: pair[0])
         return [m for _, m in numbered]
+
+
+def _picker(rows: Sequence[int]) -> Callable[[list[Any]], list[Any]]:
+    """A function taking ``rows`` of a column, in that order (itemgetter does it in C)."""
+    if not rows:
+        return lambda _column: []
+    if len(rows) == 1:
+        only = rows[0]
+        return lambda column: [column[only]]
+    get = itemgetter(*rows)
+    return lambda column: list(get(column))
 
 
 _ROW_COLUMNS = (

@@ -19,9 +19,9 @@ class Deduplicator:
     (plus one generation: keys are kept in generations of ``bucket_us`` of
     event time and forgotten a whole generation at a time).
 
-    The common batch (no repeats, nothing older than the horizon, all in one
-    generation) is checked and remembered with set operations in C, without a
-    Python step per key.
+    The common batch (no repeats inside it, nothing older than the horizon) is
+    checked and remembered with set operations in C; only its re-sends, if any,
+    cost a Python step each.
 
     Example:
         >>> d = Deduplicator(horizon_us=10)
@@ -59,23 +59,31 @@ class Deduplicator:
             return None, []
         lo, hi = min(ts), max(ts)
         floor = self.floor
-        generation = lo // self._bucket_us
-        if (
-            (floor is None or lo >= floor)
-            and hi // self._bucket_us == generation
-            and self._keys.keys().isdisjoint(keys)
-        ):
+        if floor is None or lo >= floor:
             members = dict.fromkeys(keys)
-            if len(members) == n:
-                self._keys.update(zip(keys, repeat(generation)))
-                known = self._generations.get(generation)
-                if known is None:
-                    self._generations[generation] = members
-                else:
-                    known.update(members)
-                self._advance(hi)
-                return None, []
+            if len(members) == n:  # no repeats inside the batch
+                seen = self._keys.keys() & members.keys()
+                fresh: list[int] | None = None
+                if seen:
+                    fresh = [i for i, key in enumerate(keys) if key not in seen]
+                    self.duplicates_total += len(seen)
+                    for key in seen:
+                        del members[key]
+                self._remember(members, hi)
+                return fresh, []
         return self._classify_each(keys, ts)
+
+    def _remember(self, members: dict[Key, None], newest: int) -> None:
+        # Every key of the batch joins the generation of its newest event time: a key may so be
+        # kept up to one generation longer than its own time needs, never shorter.
+        generation = newest // self._bucket_us
+        self._keys.update(zip(members, repeat(generation)))
+        known = self._generations.get(generation)
+        if known is None:
+            self._generations[generation] = members
+        else:
+            known.update(members)
+        self._advance(newest)
 
     def _classify_each(self, keys: Sequence[Key], ts: Sequence[int]) -> tuple[list[int], list[int]]:
         fresh: list[int] = []

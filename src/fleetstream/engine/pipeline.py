@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
@@ -277,9 +278,7 @@ class Engine:
         if fresh is None:
             return batch, keys
         remembered = [keys[i] for i in fresh]
-        keep = bytearray(len(keys))
-        for i in fresh:
-            keep[i] = 1
+        kept = fresh
         if unknown:
             try:
                 older = {keys[i]: (keys[i], ts[i]) for i in unknown}  # also drops repeats inside the batch
@@ -291,12 +290,14 @@ class Engine:
             for i in unknown:
                 key = keys[i]
                 if key not in stored and older.pop(key, None) is not None:
-                    keep[i] = 1
+                    kept.append(i)
+            kept.sort()
         rows = len(batch)
-        out = batch.take([i for i in range(rows) if keep[i]])
-        kept = [j for j in range(len(batch.events)) if keep[rows + j]]
-        out.events = [batch.events[j] for j in kept]
-        out.event_msg = [batch.event_msg[j] for j in kept]
+        cut = bisect_left(kept, rows)  # indexes below ``rows`` are rows, the others events
+        out = batch.take(kept[:cut])
+        events = [j - rows for j in kept[cut:]]
+        out.events = [batch.events[j] for j in events]
+        out.event_msg = [batch.event_msg[j] for j in events]
         out.messages_count = len(set(out.msg)) + len(out.events)
         return out, remembered
 
