@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -68,6 +69,7 @@ class Engine:
         self.events: Channel[DeviceEvent] = Channel(clock.monotonic)
         self._pending = Derived()
         self._last_checkpoint = 0.0
+        self._checkpoint_every = self.settings.checkpoint_interval_s
         self._flusher: asyncio.Task[None] | None = None
         self.replayed = 0
         self.rate = RateMeter()
@@ -161,7 +163,7 @@ class Engine:
             await asyncio.sleep(interval)
             try:
                 await self.tick()
-                due = self.clock.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
+                due = self.clock.monotonic() - self._last_checkpoint >= self._checkpoint_every
                 await self._flush(checkpoint=due)
             except asyncio.CancelledError:
                 raise
@@ -182,8 +184,13 @@ class Engine:
         pending, self._pending = self._pending, Derived()
         saved = None
         if checkpoint:
+            began = time.perf_counter()
             pending.twins += self.processors.take_dirty()
             saved = Checkpoint(self.processors.position, self.processors.snapshot(), self.clock.now_us())
+            # The snapshot holds the event loop: keep it under 5% of the time by checkpointing less
+            # often when the state is large (a crash then replays a little more of the log).
+            took = time.perf_counter() - began
+            self._checkpoint_every = max(self.settings.checkpoint_interval_s, 20 * took)
         if not pending and saved is None:
             return
         try:
