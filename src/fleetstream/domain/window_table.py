@@ -1,0 +1,296 @@
+"""The windows of one partition in memory, found by series, size and window number.
+
+Internal to :class:`~fleetstream.domain.windows.WindowProcessor`, which decides
+the watermark and which readings are late. The table holds the windows the
+other readings fall in: it opens them, folds readings in, and hands them out as
+:class:`~fleetstream.domain.window_records.WindowAggregate` when they are due.
+
+A *line* is one series at one window size (``series * len(sizes) + size
+index``), and a window is a line and a window number ``u = start // size``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+from fleetstream.domain.sketch import QuantileSketch
+from fleetstream.domain.window_records import I64_MAX, I64_MIN, WindowAggregate
+from fleetstream.domain.window_series import SeriesIndex
+from fleetstream.domain.window_state import STATE_FIELDS, Packing, WindowGroup, WindowSlots
+
+LINE_SPAN = 1 << 28  # window key = u * LINE_SPAN + line
+_U_FAST = 1 << 34  # |u| below this keeps the key inside int64
+
+
+class WindowTable:
+    """Every window in memory (in progress or within the allowed lateness) of one partition."""
+
+    def __init__(self, sizes: tuple[int, ...], packing: Packing) -> None:
+        self._sizes = sizes
+        self._packing = packing
+        self.series = SeriesIndex(max_series=LINE_SPAN // len(sizes))
+        self._slot_of: dict[int, int] = {}  # window key (window number and line) -> slot
+        self._slots = WindowSlots()
+        self._groups: dict[tuple[int, int], WindowGroup] = {}  # (size index, start // size) -> group
+        # The newest window of each line (series x size): most readings land there, found without the dict.
+        self._line_u = np.full(64, I64_MIN, np.int64)
+        self._line_slot = np.zeros(64, np.int64)
+
+    def slots_for(self, line: np.ndarray, u: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The slot of each (line, window number), opening windows first seen (``values`` their first)."""
+        self._grow_lines()
+        slot: np.ndarray = self._line_slot[line]
+        miss = np.flatnonzero(self._line_u[line] != u)
+        if len(miss) == 0:
+            return slot
+        ml, mu = line[miss], u[miss]
+        keys = self._window_keys(mu, ml)
+        slot_of = self._slot_of
+        found = list(map(slot_of.get, keys, repeat(-1)))
+        if -1 in found:
+            misses = [i for i, s in enumerate(found) if s == -1]
+            # key -> its first position (walked backwards so that the first occurrence stays)
+            first = dict(zip(map(keys.__getitem__, reversed(misses)), reversed(misses), strict=True))
+            taken = self._slots.take(len(first))
+            slot_of.update(zip(first, taken, strict=True))
+            self._open(np.array(taken, np.int64), list(first), ml, mu, values[miss], list(first.values()))
+            for i in misses:
+                found[i] = slot_of[keys[i]]
+        ms = np.array(found, np.int64)
+        slot[miss] = ms
+        self._remember_newest(ml, mu, ms)
+        return slot
+
+    def fold(self, slot: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        """Add readings, in arrival order, to the windows in the given slots."""
+        # ufunc.at applies rows in order, so sums come out bit for bit the same however the log is cut.
+        S = self._slots
+        S.changed[slot] = True
+        np.add.at(S.count, slot, 1)
+        shifted = values - S.shift[slot]
+        np.add.at(S.s1, slot, shifted)
+        np.add.at(S.s2, slot, shifted * shifted)
+        np.minimum.at(S.min, slot, values)
+        np.maximum.at(S.max, slot, values)
+        # Positions follow arrival order within a window: on equal event times the later arrival is last.
+        np.maximum.at(S.last_ts, slot, ts)
+        hit = np.flatnonzero(ts == S.last_ts[slot])
+        owner = slot[hit]
+        S.pick[owner] = -1
+        np.maximum.at(S.pick, owner, hit)
+        S.last[owner] = values[S.pick[owner]]
+        earlier = np.flatnonzero(ts < S.first_ts[slot])  # a tie keeps the earlier arrival
+        if len(earlier):
+            slot, ts, values = slot[earlier], ts[earlier], values[earlier]
+            np.minimum.at(S.first_ts, slot, ts)
+            hit = np.flatnonzero(ts == S.first_ts[slot])
+            owner = slot[hit]
+            S.pick[owner] = I64_MAX
+            np.minimum.at(S.pick, owner, hit)
+            S.first[owner] = values[S.pick[owner]]
+
+    def feed_sketches(self, blocks: list[tuple[int, int, np.ndarray]], packed: np.ndarray) -> None:
+        """Add packed (slot, bucket key) pairs to the sketches of their windows' groups.
+
+        ``blocks`` holds (size index, offset in ``packed``, window numbers) per size: the
+        pairs of the device rows, then those of the fleet rows of the same readings.
+        """
+        for j, offset, u in blocks:
+            both = packed[offset : offset + 2 * len(u)]
+            lo, hi = int(u.min()), int(u.max())
+            if lo == hi:
+                parts = [(lo, both)]
+            else:
+                uu = np.concatenate((u, u))
+                parts = [(x, both[uu == x]) for x in np.unique(u).tolist()]
+            for x, part in parts:
+                group = self._groups.get((j, x))
+                if group is None:
+                    group = self._groups[(j, x)] = WindowGroup(j, (x + 1) * self._sizes[j])
+                group.add(part)
+                group.dirty = group.emitted
+
+    def emit(self, wm: int, horizon: int) -> list[WindowAggregate]:
+        """New versions of the windows due at watermark ``wm``; drops those ending by ``horizon``."""
+        out: list[WindowAggregate] = []
+        due = [g for g in self._groups.values() if g.end <= wm and (g.dirty or not g.emitted)]
+        if due:
+            S = self._slots
+            used = S.used
+            ready = self._in_order(np.flatnonzero(S.changed[:used] & (S.end[:used] <= wm)))
+            S.version[ready] += 1
+            S.changed[ready] = False
+            out = self._aggregates(ready, self._sketches(ready, due))
+            for group in due:
+                group.emitted, group.dirty = True, False
+        done = [k for k, g in self._groups.items() if g.end <= horizon]
+        if done:
+            self._finalise(horizon)
+            for k in done:
+                del self._groups[k]
+        return out
+
+    def open_windows(self) -> list[WindowAggregate]:
+        """Copies of the windows in memory (in progress or within the lateness), in emission order.
+
+        ``version`` is that of the last emission (0: not emitted yet).
+        """
+        alive = self._in_order(self._slots.alive())
+        return self._aggregates(alive, self._sketches(alive, list(self._groups.values())))
+
+    def snapshot(self) -> tuple[dict[str, list[Any]], list[list[int]]]:
+        """The windows in memory as columns of builtins, and the [size, start] of groups emitted."""
+        S = self._slots
+        alive = S.alive()
+        ns = len(self._sizes)
+        lines = S.line[alive].tolist()
+        sketches = self._sketches(alive, list(self._groups.values()))
+        windows: dict[str, list[Any]] = {
+            "device_id": [self.series.names[x // ns][1] for x in lines],
+            "sensor": [self.series.names[x // ns][0] for x in lines],
+            "size_us": [self._sizes[x % ns] for x in lines],
+            "version": S.version[alive].tolist(),
+            "changed": S.changed[alive].tolist(),
+            "sketch": [sketch.to_state() for sketch in sketches],
+        }
+        for name in STATE_FIELDS:
+            windows[name] = getattr(S, name)[alive].tolist()
+        emitted = [[self._sizes[j], u * self._sizes[j]] for (j, u), g in self._groups.items() if g.emitted]
+        return windows, emitted
+
+    def load(self, emitted: list[list[int]], w: dict[str, list[Any]]) -> None:
+        """Put back what :meth:`snapshot` returned, into an empty table."""
+        S, packing = self._slots, self._packing
+        sizes = list(self._sizes)
+        for size_us, start in emitted:
+            j = sizes.index(size_us)
+            self._groups[(j, start // size_us)] = WindowGroup(j, start + size_us, emitted=True)
+        if not w["start"]:
+            return
+        js = np.array([sizes.index(size) for size in w["size_us"]], np.int64)
+        series = [self.series.number_of(d, s) for d, s in zip(w["device_id"], w["sensor"], strict=True)]
+        self._grow_lines()
+        line = np.array(series, np.int64) * len(sizes) + js
+        size = np.array(w["size_us"], np.int64)
+        u = np.array(w["start"], np.int64) // size
+        slot = np.array(S.take(len(js)), np.int64)
+        for name in (*STATE_FIELDS, "version", "changed"):
+            getattr(S, name)[slot] = w[name]
+        S.end[slot] = S.start[slot] + size
+        S.line[slot] = line
+        keys = self._window_keys(u, line)
+        self._slot_of.update(zip(keys, slot.tolist(), strict=True))
+        counted: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for s, k, j, x, sketch_state in zip(
+            slot.tolist(), keys, js.tolist(), u.tolist(), w["sketch"], strict=True
+        ):
+            S.key[s] = k
+            if (j, x) not in self._groups:
+                self._groups[(j, x)] = WindowGroup(j, (x + 1) * sizes[j])
+            bucket, count = QuantileSketch.from_state(sketch_state).bucket_arrays()
+            counted.setdefault((j, x), []).append((bucket + (s * packing.span + packing.max_key), count))
+        for gkey, parts in counted.items():
+            self._groups[gkey].add_counted(
+                np.concatenate([packed for packed, _ in parts]), np.concatenate([n for _, n in parts])
+            )
+        self._remember_newest(line, u, slot)
+
+    # ----------------------------------------------------------------- internals
+
+    def _window_keys(self, u: np.ndarray, line: np.ndarray) -> list[int]:
+        if len(u) and int(u.min()) > -_U_FAST and int(u.max()) < _U_FAST:
+            keys: list[int] = (u * LINE_SPAN + line).tolist()
+            return keys
+        return [a * LINE_SPAN + b for a, b in zip(u.tolist(), line.tolist(), strict=True)]
+
+    def _open(
+        self,
+        slots: np.ndarray,
+        keys: list[int],
+        line: np.ndarray,
+        u: np.ndarray,
+        values: np.ndarray,
+        where: list[int],
+    ) -> None:
+        S = self._slots
+        pos = np.array(where, np.int64)
+        size = np.array(self._sizes, np.int64)[line[pos] % len(self._sizes)]
+        S.line[slots] = line[pos]
+        S.start[slots] = u[pos] * size
+        S.end[slots] = S.start[slots] + size
+        S.shift[slots] = values[pos]  # the first value to arrive: the same however the log is cut
+        for s, k in zip(slots.tolist(), keys, strict=True):
+            S.key[s] = k
+
+    def _remember_newest(self, line: np.ndarray, u: np.ndarray, slot: np.ndarray) -> None:
+        order = np.lexsort((u, line))
+        line, u, slot = line[order], u[order], slot[order]
+        last = np.flatnonzero(np.concatenate((line[1:] != line[:-1], [True])))
+        line, u, slot = line[last], u[last], slot[last]
+        newer = u > self._line_u[line]
+        self._line_u[line[newer]] = u[newer]
+        self._line_slot[line[newer]] = slot[newer]
+
+    def _grow_lines(self) -> None:
+        """Room in the per-line arrays for every series numbered so far."""
+        lines = len(self.series) * len(self._sizes)
+        if lines > len(self._line_u):
+            grow = max(lines, 2 * len(self._line_u)) - len(self._line_u)
+            self._line_u = np.concatenate((self._line_u, np.full(grow, I64_MIN, np.int64)))
+            self._line_slot = np.concatenate((self._line_slot, np.zeros(grow, np.int64)))
+
+    def _finalise(self, horizon: int) -> None:
+        S = self._slots
+        final = np.flatnonzero(S.end[: S.used] <= horizon)
+        line = S.line[final]
+        stale = self._line_slot[line] == final
+        self._line_u[line[stale]] = I64_MIN
+        deque(map(self._slot_of.pop, map(S.key.__getitem__, final.tolist())), maxlen=0)
+        S.release(final)
+
+    def _aggregates(self, slots: np.ndarray, sketches: list[QuantileSketch]) -> list[WindowAggregate]:
+        S = self._slots
+        count = S.count[slots]
+        s1 = S.s1[slots]
+        total = S.shift[slots] * count + s1
+        m2 = np.maximum(S.s2[slots] - s1 * s1 / count, 0.0)
+        ns = len(self._sizes)
+        line = S.line[slots]
+        names = [self.series.names[x] for x in (line // ns).tolist()]
+        sizes = [self._sizes[j] for j in (line % ns).tolist()]
+        columns = zip(
+            names, sizes, S.start[slots].tolist(), count.tolist(), total.tolist(), m2.tolist(),
+            S.min[slots].tolist(), S.max[slots].tolist(), S.first[slots].tolist(), S.first_ts[slots].tolist(),
+            S.last[slots].tolist(), S.last_ts[slots].tolist(), sketches, S.version[slots].tolist(),
+            strict=True,
+        )  # fmt: skip
+        return [WindowAggregate(sensor, device, *rest) for (sensor, device), *rest in columns]
+
+    def _sketches(self, slots: np.ndarray, groups: list[WindowGroup]) -> list[QuantileSketch]:
+        """The sketch of each slot (all in the given groups)."""
+        S = self._slots
+        out: list[QuantileSketch] = [QuantileSketch()] * len(slots)
+        end, j = S.end[slots], S.line[slots] % len(self._sizes)
+        found = 0
+        for group in groups:
+            where = np.flatnonzero((end == group.end) & (j == group.j))
+            if len(where):
+                chosen = slots[where]
+                made = group.sketches(chosen, S.count[chosen], self._packing)
+                for i, sketch in zip(where.tolist(), made, strict=True):
+                    out[i] = sketch
+                found += len(where)
+        assert found == len(slots), "every window in memory belongs to a group"
+        return out
+
+    def _in_order(self, slots: np.ndarray) -> np.ndarray:
+        """The slots in emission order: by end, size, sensor, device."""
+        S = self._slots
+        line = S.line[slots]
+        ns = len(self._sizes)
+        ordered: np.ndarray = slots[np.lexsort((self.series.rank()[line // ns], line % ns, S.end[slots]))]
+        return ordered
