@@ -170,3 +170,33 @@ def test_a_crash_replayed_from_the_checkpoint_equals_an_uninterrupted_run() -> N
     assert got[0] == expected[0]
     assert got[1] == expected[1]
     assert got[2] == expected[2]
+
+
+def test_an_evicted_twin_is_stored_then_reloaded_on_its_next_reading() -> None:
+    stream = {"idle_after_s": 1, "offline_after_s": 2, "evict_after_s": 3}
+    settings = Settings(simulator={"enabled": False}, stream=stream)
+
+    async def scenario() -> None:
+        async with Harness(settings, start_us=(BASE_S + 100) * S) as h:
+            engine = h.runtime.engine
+            await h.post([reading("quiet", 0, 1.0)])
+            for second in range(1, 12):  # another device moves event time on; "quiet" goes offline
+                await h.post([reading("busy", second, 2.0)])
+            await engine.tick()  # eviction runs with the timers
+            assert engine.processors.twins.get("quiet") is None
+            await engine.flush()
+            assert h.store.twins["quiet"].status == "offline"
+            await h.post([reading("quiet", 12, 3.0)])  # reloaded from the store, and continues
+            twin = engine.processors.twins.get("quiet")
+            assert twin is not None
+            assert (twin.readings, twin.status, twin.sensors["temperature"]) == (
+                2,
+                "online",
+                (3.0, (BASE_S + 12) * S),
+            )
+            await engine.flush()
+            types = [e.type for (device, _), e in sorted(h.store.events.items()) if device == "quiet"]
+            assert types.count("registered") == 1
+            assert types[-1] == "status_changed"
+
+    run(scenario())
