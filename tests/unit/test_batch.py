@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import numpy as np
 from hypothesis import given
@@ -106,3 +108,42 @@ def test_stats_stay_exact_far_from_zero() -> None:
     s = live.sensors["p"]
     assert s.stddev is not None
     assert math.isclose(s.stddev, float(np.std(values, ddof=1)), rel_tol=1e-6)
+
+
+@given(st.lists(rows, min_size=1, max_size=5), st.integers(0, 5))
+def test_live_stats_resume_from_a_checkpoint_as_if_never_stopped(
+    batches: list[list[tuple[str, str, float, int]]], split: int
+) -> None:
+    def columns(batch: list[tuple[str, str, float, int]]) -> tuple[list[Any], ...]:
+        return tuple([r[i] for r in batch] for i in range(4))
+
+    whole = LiveStats()
+    for batch in batches:
+        whole.add(*columns(batch))
+    first = LiveStats()
+    for batch in batches[:split]:
+        first.add(*columns(batch))
+    resumed = LiveStats.from_state(json.loads(json.dumps(first.to_state())))
+    for batch in batches[split:]:
+        resumed.add(*columns(batch))
+    # Series in order of first sight, whichever side of the checkpoint they were first seen on.
+    first_seen = list(dict.fromkeys((r[0], r[1]) for batch in batches for r in batch))
+    assert list(resumed.devices) == list(whole.devices) == first_seen
+    assert repr(resumed.devices) == repr(whole.devices)  # repr: nan == nan
+    assert repr(resumed.sensors) == repr(whole.sensors)
+    assert (resumed.device_ids, resumed.readings_total) == (whole.device_ids, whole.readings_total)
+
+
+def test_series_picks_devices_and_sensors_in_order_of_first_sight() -> None:
+    live = LiveStats()
+    live.add(["b", "a", "b"], ["t", "t", "h"], [1.0, 2.0, 3.0], [1, 1, 1])
+    live.add(["c", "b", "a"], ["t", "t", "h"], [4.0, 5.0, 6.0], [2, 2, 2])
+    assert list(live.series()) == [("b", "t"), ("a", "t"), ("b", "h"), ("c", "t"), ("a", "h")]
+    chosen = live.series(["b", "c"], ["t"])
+    assert {key: (s.count, s.mean, s.last) for key, s in chosen.items()} == {
+        ("b", "t"): (2, 3.0, 5.0),
+        ("c", "t"): (1, 4.0, 4.0),
+    }
+    assert list(live.series(sensors=["h"])) == [("b", "h"), ("a", "h")]
+    assert live.series(["nobody"]) == {}
+    assert live.device_ids == {"a", "b", "c"}

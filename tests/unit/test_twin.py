@@ -127,6 +127,42 @@ def test_the_newest_event_time_wins_for_each_sensor() -> None:
     assert (twin.last_seen, twin.messages, twin.readings) == (at(30), 4, 6)
 
 
+def test_messages_older_than_the_last_leave_newer_values_last_seen_and_status_alone() -> None:
+    log, proc = Log(), TwinProcessor(SETTINGS)
+    batches = [log.batch(message("a", 10, t=1.0, h=50.0), message("a", 20, t=3.0))]
+    batches.append(
+        log.batch(
+            message("a", 15, t=2.0, h=40.0, p=7.0),  # t stays 3.0 (20 s); h is newer; p is new
+            message("a", 12, "heartbeat", cpu_usage=5.0),
+            message("a", 11, "heartbeat", cpu_usage=6.0),  # older still: its event, not its value
+        )
+    )
+    first = run(proc, batches[:1])
+    late = run(proc, batches[1:])
+    assert kinds(late) == [
+        ("a", 3, "heartbeat", 12.0, {"cpu_usage": 5.0}),
+        ("a", 4, "heartbeat", 11.0, {"cpu_usage": 6.0}),
+    ]
+    twin = proc.get("a")
+    assert twin is not None
+    assert twin.sensors == {
+        "t": (3.0, at(20)),
+        "h": (40.0, at(15)),
+        "p": (7.0, at(15)),
+        "cpu_usage": (5.0, at(12)),
+    }
+    assert (twin.status, twin.last_seen, twin.messages, twin.readings, twin.position) == (
+        "online",
+        at(20),
+        5,
+        8,
+        8,
+    )
+    assert (twin.last_heartbeat, twin.heartbeat) == (at(12), {"cpu_usage": 5.0})
+    assert proc.take_dirty() == [twin]
+    assert DeviceTwin.replay("a", first + late, stored_rows(batches, "a")) == twin
+
+
 def test_location_moves_on_a_newer_fix_at_another_place_only() -> None:
     log, proc = Log(), TwinProcessor(SETTINGS)
     events = run(

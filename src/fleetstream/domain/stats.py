@@ -216,7 +216,7 @@ class SeriesStats:
 
 
 class _Index:
-    """Dense numbers for keys (sensor names, (device, sensor) pairs), in order of first sight."""
+    """Dense numbers for keys (sensor names, device ids), in order of first sight."""
 
     def __init__(self) -> None:
         self.numbers: dict[Any, int] = {}
@@ -224,17 +224,65 @@ class _Index:
 
     def of(self, keys: list[Any]) -> np.ndarray:
         numbers = self.numbers
-        found = list(map(numbers.get, keys, repeat(-1)))
-        if -1 in found:
-            for i, n in enumerate(found):
+        found = np.fromiter(map(numbers.get, keys, repeat(-1)), np.int64, len(keys))
+        if len(found) and found.min() < 0:
+            for i in np.flatnonzero(found < 0).tolist():
+                key = keys[i]
+                n = numbers.get(key, -1)
                 if n == -1:
-                    key = keys[i]
-                    n = numbers.get(key, -1)
-                    if n == -1:
-                        n = numbers[key] = len(self.keys)
-                        self.keys.append(key)
-                    found[i] = n
-        return np.array(found, np.int64)
+                    n = numbers[key] = len(self.keys)
+                    self.keys.append(key)
+                found[i] = n
+        return found
+
+
+_LOW = 32  # a pair key is (first << _LOW) | second
+_NONE = np.iinfo(np.int64).max  # sorts after every key: a search never runs off the end
+
+
+class _PairIndex:
+    """Dense numbers for pairs of small numbers, in order of first sight, found a batch at a time in numpy.
+
+    A pair is one int64 key (both numbers below 2**31); the known keys are kept
+    sorted beside their numbers. Building and hashing a (device, sensor) tuple
+    per row cost more than the statistics themselves; sorting the batch's keys
+    and searching them costs about a fifth of that.
+    """
+
+    def __init__(self) -> None:
+        self._keys = np.array([_NONE], np.int64)  # sorted, ending in the sentinel
+        self._numbers = np.array([-1], np.int64)
+
+    def __len__(self) -> int:
+        return len(self._keys) - 1
+
+    def of(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """The number of each pair ``(first[i], second[i])``; pairs not seen before get the next ones."""
+        key = (first << _LOW) | second
+        order = np.argsort(key)
+        ordered = key[order]
+        where = np.searchsorted(self._keys, ordered)
+        miss = self._keys[where] != ordered
+        if miss.any():
+            rows = np.sort(order[miss])  # in arrival order, so new pairs are numbered as first seen
+            fresh, first_row = np.unique(key[rows], return_index=True)
+            numbers = np.empty(len(fresh), np.int64)
+            numbers[np.argsort(first_row)] = np.arange(len(self), len(self) + len(fresh))
+            at = np.searchsorted(self._keys, fresh)
+            self._keys = np.insert(self._keys, at, fresh)
+            self._numbers = np.insert(self._numbers, at, numbers)
+            where = np.searchsorted(self._keys, ordered)
+        out = np.empty(len(key), np.int64)
+        out[order] = self._numbers[where]
+        return out
+
+    def pairs(self) -> tuple[list[int], list[int]]:
+        """The pairs in the order of their numbers, as two columns."""
+        keys = np.empty(len(self), np.int64)
+        keys[self._numbers[:-1]] = self._keys[:-1]
+        first: list[int] = (keys >> _LOW).tolist()
+        second: list[int] = (keys & ((1 << _LOW) - 1)).tolist()
+        return first, second
 
 
 class LiveStats:
@@ -249,7 +297,8 @@ class LiveStats:
 
     def __init__(self) -> None:
         self._sensor_index = _Index()
-        self._series_index = _Index()
+        self._device_index = _Index()
+        self._series_index = _PairIndex()  # (device number, sensor number) -> series number
         self._by_sensor = SeriesStats()
         self._by_series = SeriesStats()
         self.device_ids: set[str] = set()
@@ -259,14 +308,20 @@ class LiveStats:
         """Fold in acknowledged readings, given as columns."""
         if not values:
             return
-        v = np.array(values, np.float64)
-        t = np.array(ts, np.int64)
-        known = len(self._series_index.keys)
-        self._by_sensor.add(self._sensor_index.of(sensors), v, t)
-        self._by_series.add(self._series_index.of(list(zip(device_ids, sensors, strict=True))), v, t)
-        if len(self._series_index.keys) != known:
-            self.device_ids.update(d for d, _ in self._series_index.keys[known:])
-        self.readings_total += len(values)
+        n = len(values)
+        if not len(device_ids) == len(sensors) == len(ts) == n:
+            msg = "live stats: the columns differ in length"
+            raise ValueError(msg)
+        v = np.fromiter(values, np.float64, n)
+        t = np.fromiter(ts, np.int64, n)
+        sensor = self._sensor_index.of(sensors)
+        known = len(self._device_index.keys)
+        device = self._device_index.of(device_ids)
+        if len(self._device_index.keys) != known:
+            self.device_ids.update(self._device_index.keys[known:])
+        self._by_sensor.add(sensor, v, t)
+        self._by_series.add(self._series_index.of(device, sensor), v, t)
+        self.readings_total += n
 
     @property
     def sensors(self) -> dict[str, RunningStats]:
@@ -276,7 +331,7 @@ class LiveStats:
     @property
     def devices(self) -> dict[tuple[str, str], RunningStats]:
         """(device, sensor) → its running stats (a snapshot)."""
-        return {key: self._by_series.get(i) for i, key in enumerate(self._series_index.keys)}
+        return self.series()
 
     def series(
         self, device_ids: Iterable[str] | None = None, sensors: Iterable[str] | None = None
@@ -286,10 +341,16 @@ class LiveStats:
         want_sensors = set(sensors) if sensors is not None else None
         return {
             key: self._by_series.get(i)
-            for i, key in enumerate(self._series_index.keys)
+            for i, key in enumerate(self._series_keys())
             if (want_devices is None or key[0] in want_devices)
             and (want_sensors is None or key[1] in want_sensors)
         }
+
+    def _series_keys(self) -> list[tuple[str, str]]:
+        """(device, sensor) of each series, in the order of their numbers."""
+        devices, sensors = self._device_index.keys, self._sensor_index.keys
+        first, second = self._series_index.pairs()
+        return [(devices[d], sensors[s]) for d, s in zip(first, second, strict=True)]
 
     def to_state(self) -> dict[str, Any]:
         """Builtins only (for a checkpoint).
@@ -301,7 +362,7 @@ class LiveStats:
         """
         return {
             "sensors": list(self._sensor_index.keys),
-            "series": [list(key) for key in self._series_index.keys],
+            "series": [list(key) for key in self._series_keys()],
             "by_sensor": self._by_sensor.to_state(),
             "by_series": self._by_series.to_state(),
             "readings_total": self.readings_total,
@@ -312,10 +373,14 @@ class LiveStats:
         """The live stats a :meth:`to_state` saved."""
         out = cls()
         out._sensor_index.of(list(state["sensors"]))
-        out._series_index.of([tuple(key) for key in state["series"]])
+        series = state["series"]
+        if series:
+            device = out._device_index.of([d for d, _ in series])
+            sensor = out._sensor_index.of([s for _, s in series])
+            out._series_index.of(device, sensor)  # numbered 0, 1, 2 ... in the saved order
         out._by_sensor = SeriesStats.from_state(state["by_sensor"])
         out._by_series = SeriesStats.from_state(state["by_series"])
-        out.device_ids = {key[0] for key in out._series_index.keys}
+        out.device_ids = set(out._device_index.keys)
         out.readings_total = int(state["readings_total"])
         return out
 
