@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from fleetstream.api.deps import EngineDep, StoreDep
-from fleetstream.api.routes.live import SSE_HEADERS, follow
+from fleetstream.api.routes.live import sse_response
 from fleetstream.api.routes.query import split_values, time_param
 from fleetstream.domain.records import DEVICE_ID_RULE, is_valid_device_id
 from fleetstream.domain.timeutil import us_to_iso
@@ -201,16 +201,4 @@ async def stream_events(
     def accept(e: DeviceEvent) -> bool:
         return (not devices or e.device_id in devices) and (not types or e.type in types)
 
-    def frame(events: list[DeviceEvent]) -> bytes:
-        return b"".join(b"event: device_event\ndata: " + _encode(event_json(e)) + b"\n\n" for e in events)
-
-    sub = engine.events.subscribe(accept)
-    body = follow(
-        request,
-        sub,
-        frame,
-        lambda n: b'event: skipped\ndata: {"skipped": %d}\n\n' % n,
-        b"retry: 2000\n: connected\n\n",
-        b": keep-alive\n\n",
-    )
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(request, engine.events.subscribe(accept), "device_event", lambda e: [event_json(e)])

@@ -8,7 +8,7 @@ a stalled one is dropped, and neither slows ingest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -98,6 +98,28 @@ async def follow(
         sub.close()
 
 
+def sse_response(
+    request: Request, sub: Subscriber[T], event: str, render: Callable[[T], Iterable[Any]]
+) -> StreamingResponse:
+    """Server-Sent Events of a subscription: ``event: <event>`` with the JSON of each object
+    ``render`` gives for a record, ``event: skipped`` with how many a slow client missed, and a
+    keep-alive comment every 15 s."""
+    head = b"event: " + event.encode() + b"\ndata: "
+
+    def frame(records: list[T]) -> bytes:
+        return b"".join(head + _encode(obj) + b"\n\n" for record in records for obj in render(record))
+
+    body = follow(
+        request,
+        sub,
+        frame,
+        lambda n: b'event: skipped\ndata: {"skipped": %d}\n\n' % n,
+        b"retry: 2000\n: connected\n\n",
+        b": keep-alive\n\n",
+    )
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
 @router.get(
     "/api/v1/stream",
     summary="Server-Sent Events of readings as they are acknowledged",
@@ -114,23 +136,9 @@ async def stream_readings(
     "device_type"}`. A client too slow to keep up gets `event: skipped` with the number of readings
     it missed; a keep-alive comment comes every 15 s."""
     devices = split_values(device_id)
-    render = reading_events(set(split_values(sensor)))
-
-    def frame(messages: list[DeviceMessage]) -> bytes:
-        return b"".join(
-            b"event: reading\ndata: " + _encode(ev) + b"\n\n" for m in messages for ev in render(m)
-        )
-
-    sub = hub.subscribe(devices or None)
-    body = follow(
-        request,
-        sub,
-        frame,
-        lambda n: b'event: skipped\ndata: {"skipped": %d}\n\n' % n,
-        b"retry: 2000\n: connected\n\n",
-        b": keep-alive\n\n",
+    return sse_response(
+        request, hub.subscribe(devices or None), "reading", reading_events(set(split_values(sensor)))
     )
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.post(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from fleetstream.api.deps import EngineDep, StoreDep
-from fleetstream.api.routes.live import SSE_HEADERS, follow
+from fleetstream.api.routes.live import sse_response
 from fleetstream.api.routes.query import HOUR_US, split_values, time_param
 from fleetstream.domain.timeutil import MIN_US, format_duration, parse_duration, us_to_iso
 from fleetstream.domain.windows import ALL_DEVICES, WindowAggregate
@@ -132,16 +132,4 @@ async def stream_windows(
             return False
         return w.device_id in devices or (every_device and w.device_id != ALL_DEVICES)
 
-    def frame(windows: list[WindowAggregate]) -> bytes:
-        return b"".join(b"event: window\ndata: " + _encode(window_json(w)) + b"\n\n" for w in windows)
-
-    sub = engine.windows.subscribe(accept)
-    body = follow(
-        request,
-        sub,
-        frame,
-        lambda n: b'event: skipped\ndata: {"skipped": %d}\n\n' % n,
-        b"retry: 2000\n: connected\n\n",
-        b": keep-alive\n\n",
-    )
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(request, engine.windows.subscribe(accept), "window", lambda w: [window_json(w)])
