@@ -12,14 +12,18 @@ from collections import Counter
 from typing import Any
 
 import duckdb
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetstream.domain.window_series import PairIndex
+from fleetstream.domain.window_state import array_from_state, array_state
 from fleetstream.domain.windows import (
     ALL_DEVICES,
+    SNAPSHOT_FORMAT,
     LateReadings,
     WindowAggregate,
     WindowOutput,
@@ -221,14 +225,14 @@ def test_final_windows_leave_memory() -> None:
         feed(p, rows[start : start + 7])
         open_now = p.open_windows()
         most = max(most, len(open_now))
-        assert len(p.snapshot()["windows"]["start"]) == len(open_now)
+        assert p.snapshot()["windows"]["start"]["shape"] == [len(open_now)]
         assert all(w.end + 30 * S > (p.watermark or 0) for w in open_now)
     # per series: the 10 s windows of the last 45 s (lateness + out of orderness + size) and 2 or 3 minutes
     assert most <= 2 * (5 + 3)
     p.on_timer(T0 + 10_000 * S)
     p.on_timer(T0 + 20_000 * S)
     assert p.open_windows() == []
-    assert p.snapshot()["windows"]["start"] == []
+    assert p.snapshot()["windows"]["start"]["shape"] == [0]
 
 
 def test_a_device_clock_running_ahead_cannot_drag_the_watermark() -> None:
@@ -401,6 +405,11 @@ def test_the_cut_into_batches_does_not_change_final_windows_or_late_rows(
     assert runs[0][1], "the stream should have late rows"
 
 
+def through_msgpack(p: WindowProcessor) -> WindowProcessor:
+    """A processor restored from ``p``'s snapshot as the engine stores it (msgpack: builtins only)."""
+    return WindowProcessor.restore(p.settings, msgspec.msgpack.decode(msgspec.msgpack.encode(p.snapshot())))
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_restore_after_snapshot_gives_identical_output(seed: int) -> None:
     rows = stream(seed, 600)
@@ -410,14 +419,93 @@ def test_restore_after_snapshot_gives_identical_output(seed: int) -> None:
     expected = feed(whole, rows, cuts)
     first = WindowProcessor(WindowSettings())
     feed(first, rows[:middle], [c for c in cuts if c < middle])
-    state = json.loads(json.dumps(first.snapshot()))  # builtins only
+    blob = msgspec.msgpack.encode(first.snapshot())  # fails on anything but builtins (numpy scalars, arrays)
+    state = msgspec.msgpack.decode(blob)
     resumed = WindowProcessor.restore(WindowSettings(), state)
+    assert msgspec.msgpack.encode(resumed.snapshot()) == blob  # nothing lost or reordered
     rest = feed(resumed, rows[middle:], [c - middle for c in cuts if c > middle])
     assert rest == expected[-len(rest) :]
     assert resumed.open_windows() == whole.open_windows()
     assert (resumed.watermark, resumed.late_total) == (whole.watermark, whole.late_total)
     with pytest.raises(ValueError, match="window sizes"):
         WindowProcessor.restore(WindowSettings(sizes_us=(5 * S,)), state)
+
+
+def test_a_processor_restored_after_every_batch_emits_what_an_uninterrupted_one_does() -> None:
+    rows = stream(4, 800)
+    cuts = list(range(13, len(rows), 13))
+    whole = WindowProcessor(WindowSettings())
+    expected = feed(whole, rows, cuts)
+    p = WindowProcessor(WindowSettings())
+    got = []
+    for a, b in itertools.pairwise([0, *cuts, len(rows)]):
+        got += feed(p, rows[a:b])
+        p = through_msgpack(p)  # slots freed by final windows and reused: the restored ones are renumbered
+    assert got == expected
+    assert late_rows(got), "the stream should have late rows"
+    far = rows[-1][4] + 3600 * S
+    assert p.on_timer(far).windows == []  # a restored processor's idle clock starts at its first tick
+    last = p.on_timer(far + 3600 * S)
+    assert last == whole.on_timer(far)
+    assert last.windows
+    assert p.open_windows() == whole.open_windows() == []
+
+
+def test_a_restored_processor_finds_the_series_it_had() -> None:
+    # Enough devices for the series' hash index to grow and collide while loading.
+    devices = [f"dev-{i:05}" for i in range(3000)]
+    rows = [row(d, s, float(i % 97), T0 + (i % 5) * S, seq=i) for i, (d, s) in enumerate(
+        itertools.product(devices, ["temp", "load"]))]  # fmt: skip
+    later = [row(d, "temp", 1.0, T0 + 8 * S, seq=7000 + i) for i, d in enumerate(["new", *devices[::-1]])]
+    whole = WindowProcessor(WindowSettings())
+    expected = feed(whole, rows + later, [len(rows)])
+    p = WindowProcessor(WindowSettings())
+    feed(p, rows)
+    restored = through_msgpack(p)
+    assert feed(restored, later) == expected[1:]
+    windows = restored.open_windows()
+    assert windows == whole.open_windows()
+    assert len(windows) == 2 * (2 * len(devices) + 1 + 2)  # two sizes: every series once, "new" and the fleet
+    assert Counter(w.count for w in windows if w.device_id == "dev-00001") == {2: 2, 1: 2}
+
+
+def test_a_snapshot_of_another_format_is_refused() -> None:
+    p = WindowProcessor(WindowSettings())
+    feed(p, [row("d1", "temp", 1.0, T0)])
+    state = p.snapshot()
+    assert state["format"] == SNAPSHOT_FORMAT == 2
+    for other in (1, 3, None):
+        with pytest.raises(ValueError, match=f"window snapshot format {other!r} is not 2"):
+            WindowProcessor.restore(WindowSettings(), {**state, "format": other})
+
+
+def test_arrays_go_into_a_snapshot_as_raw_bytes_of_either_byte_order() -> None:
+    values = np.array([1.5, -0.0, math.inf, 2.0**-1074])
+    state = array_state(values)
+    assert state == {"dtype": "<f8", "shape": [4], "data": values.astype("<f8").tobytes()}
+    big = {"dtype": ">f8", "shape": [4], "data": values.astype(">f8").tobytes()}
+    for s in (state, big):
+        back = array_from_state(s, np.float64)
+        assert back.dtype == np.float64
+        assert back.flags.writeable
+        assert back.tobytes() == values.tobytes()
+    assert array_from_state(array_state(np.array([True, False])), np.bool_).tolist() == [True, False]
+    with pytest.raises(ValueError, match="expected an array of int64, the snapshot has float64"):
+        array_from_state(state, np.int64)
+    with pytest.raises(ValueError, match="31 bytes cannot hold a float64 array of shape \\[4\\]"):
+        array_from_state({**state, "data": state["data"][:-1]}, np.float64)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**40), unique=True, max_size=300), st.integers(0, 300), st.integers(1, 6))
+def test_pair_index_finds_keys_put_one_by_one_or_at_once(keys: list[int], split: int, bits: int) -> None:
+    index = PairIndex(bits=bits)
+    for k in keys[:split]:
+        index.put(k, k + 1)
+    index.put_many(np.array(keys[split:], np.int64), np.array(keys[split:], np.int64) + 1)
+    absent = [k + 2**41 for k in keys[:5]] + [2**41 - 1]
+    found = index.get(np.array(keys + absent, np.int64)).tolist()
+    assert found == [k + 1 for k in keys] + [-1] * len(absent)
 
 
 # ------------------------------------------------------------------------- SQL as the referee

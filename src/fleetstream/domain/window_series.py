@@ -58,6 +58,40 @@ class PairIndex:
         self._place(key, value)
         self._size += 1
 
+    def put_many(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Add distinct keys that are not there yet, a whole column at once.
+
+        Example:
+            >>> index = PairIndex(bits=2)
+            >>> index.put_many(np.array([5, 9, 700]), np.array([0, 1, 2]))
+            >>> index.get(np.array([700, 5, 6])).tolist()
+            [2, 0, -1]
+        """
+        bits = self._bits
+        while 2 * (self._size + len(keys)) > 1 << bits:
+            bits += 1
+        if bits != self._bits:  # grow, and place the keys held so far again with the new ones
+            held = np.flatnonzero(self._keys != -1)
+            keys = np.concatenate((self._keys[held], keys))
+            values = np.concatenate((self._values[held], values))
+            self._bits, self._size = bits, 0
+            self._keys = np.full(1 << bits, -1, np.int64)
+            self._values = np.zeros(1 << bits, np.int64)
+        todo = np.arange(len(keys))
+        at = self._home(keys)
+        wrap = len(self._keys) - 1
+        while len(todo):  # linear probing, one step for every key still unplaced
+            empty = self._keys[at] == -1
+            candidates = np.flatnonzero(empty)
+            placed = candidates[np.unique(at[candidates], return_index=True)[1]]  # one key per empty slot
+            self._keys[at[placed]] = keys[todo[placed]]
+            self._values[at[placed]] = values[todo[placed]]
+            rest = np.ones(len(todo), np.bool_)
+            rest[placed] = False
+            # a key that found its slot empty but lost it to another tries the same slot, now taken
+            todo, at = todo[rest], np.where(empty[rest], at[rest], (at[rest] + 1) & wrap)
+        self._size += len(keys)
+
     def _place(self, key: int, value: int) -> None:
         wrap = len(self._keys) - 1
         at = int(self._home(np.array([key], np.int64))[0])
@@ -131,6 +165,24 @@ class SeriesIndex:
                     self._pairs.put(p, number)
                 series[i] = number
         return series
+
+    def load(self, sensor: list[str], device_id: list[str]) -> None:
+        """Number the given series 0, 1, 2... (the ``names`` of another index), into an empty index."""
+        if self.names:
+            msg = "series can only be loaded into an empty index"
+            raise ValueError(msg)
+        if len(sensor) > self._max_series:
+            msg = f"more than {self._max_series} series in one partition: use more partitions"
+            raise ValueError(msg)
+        self.names = list(zip(sensor, device_id, strict=True))
+        self._fleet = {s: i for i, (s, d) in enumerate(self.names) if d == ALL_DEVICES}
+        own = [i for i, d in enumerate(device_id) if d != ALL_DEVICES]
+        own_sensor = [sensor[i] for i in own]
+        device_no = self._numbers_in(self._device_no, [device_id[i] for i in own])
+        pair = device_no << 20 | self._numbers_in(self._sensor_no, own_sensor)
+        self._pairs.put_many(pair, np.array(own, np.int64))
+        self.fleet_of = np.zeros(max(64, len(sensor)), np.int64)
+        self.fleet_of[own] = [self._fleet[s] for s in own_sensor]
 
     def rank(self) -> np.ndarray:
         """The place of each series in (sensor, device_id) order."""

@@ -4,13 +4,15 @@ Internal to the processor. A window's aggregates live in :class:`WindowSlots`,
 parallel numpy arrays with one slot per window, so a batch is folded in with a
 few vectorised steps. Its quantile sketch lives in the :class:`WindowGroup` of
 its size and start, shared by every series: (slot, bucket key) pairs packed
-into int64 as :class:`Packing` says.
+into int64 as :class:`Packing` says. A snapshot keeps these arrays as raw bytes
+(:func:`array_state`), not one object per window.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,12 +50,6 @@ class WindowGroup:
         if self.pending > max(1 << 16, len(self.packed)):  # bounded memory, amortised cost
             self.compact()
 
-    def add_counted(self, packed: np.ndarray, counts: np.ndarray) -> None:
-        """Pairs with counts, each pair once (windows put back from a snapshot)."""
-        order = np.argsort(packed, kind="stable")
-        self.packed, self.counts = merge_bucket_lists(self.packed, self.counts, packed[order], counts[order])
-        self._keys = None
-
     def compact(self) -> None:
         """Fold the pending pairs into the sorted, counted ones."""
         if self.raw:
@@ -62,6 +58,25 @@ class WindowGroup:
             counts = np.diff(np.append(starts, len(raw)))
             self.packed, self.counts = merge_bucket_lists(self.packed, self.counts, raw[starts], counts)
             self.raw, self.pending, self._keys = [], 0, None
+
+    def to_state(self, renumber: np.ndarray, span: int) -> dict[str, Any]:
+        """The group as builtins, slot ``s`` of its pairs as ``renumber[s]`` (which must keep their order)."""
+        self.compact()
+        slot = self.packed // span
+        packed = renumber[slot] * span + (self.packed - slot * span)
+        return {
+            "j": self.j, "end": self.end, "emitted": self.emitted, "dirty": self.dirty,
+            "packed": array_state(packed), "counts": array_state(self.counts),
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> WindowGroup:
+        """The group :meth:`to_state` described."""
+        group = cls(state["j"], state["end"], emitted=state["emitted"])
+        group.dirty = state["dirty"]
+        group.packed = array_from_state(state["packed"], np.int64)
+        group.counts = array_from_state(state["counts"], np.int64)
+        return group
 
     def sketches(self, slots: np.ndarray, totals: np.ndarray, packing: Packing) -> list[QuantileSketch]:
         """The sketch of each given slot of this group: slices of the group's arrays, nothing copied."""
@@ -111,8 +126,42 @@ SLOT_FIELDS: tuple[tuple[str, type, float | int | bool], ...] = (
     ("changed", np.bool_, False),
     ("pick", np.int64, 0),  # scratch for choosing first/last among a batch's readings
 )
-# The columns of a window a snapshot keeps (with its version and whether it changed).
-STATE_FIELDS = ("start", "count", "shift", "s1", "s2", "min", "max", "first", "first_ts", "last", "last_ts")
+# The columns of a window a snapshot keeps; its end follows from start and line, pick is scratch.
+STATE_FIELDS: tuple[tuple[str, type], ...] = tuple(
+    (name, dtype) for name, dtype, _ in SLOT_FIELDS if name not in ("end", "pick")
+)
+
+
+def array_state(array: np.ndarray) -> dict[str, Any]:
+    """A 1-D array as builtins: dtype (byte order included), length and the raw bytes.
+
+    Example:
+        >>> state = array_state(np.array([1, -2], np.dtype("<i8")))
+        >>> state["dtype"], state["shape"], len(state["data"])
+        ('<i8', [2], 16)
+        >>> array_from_state(state, np.int64).tolist()
+        [1, -2]
+    """
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def array_from_state(state: dict[str, Any], dtype: type) -> np.ndarray:
+    """A writable, native-order copy of the array :func:`array_state` described, which must be of ``dtype``.
+
+    Raises:
+        ValueError: the state holds another dtype, or its bytes do not match its shape.
+    """
+    stored = np.dtype(state["dtype"])
+    if stored.newbyteorder("=") != np.dtype(dtype):
+        msg = f"expected an array of {np.dtype(dtype)}, the snapshot has {stored}"
+        raise ValueError(msg)
+    shape = tuple(state["shape"])
+    data = state["data"]
+    if len(data) != math.prod(shape) * stored.itemsize:
+        msg = f"{len(data)} bytes cannot hold a {stored} array of shape {list(shape)}"
+        raise ValueError(msg)
+    # astype copies: frombuffer's view of the bytes is read-only, and may be of the other byte order
+    return np.frombuffer(data, stored).reshape(shape).astype(dtype)
 
 
 class WindowSlots:

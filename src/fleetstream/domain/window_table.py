@@ -20,7 +20,14 @@ import numpy as np
 from fleetstream.domain.sketch import QuantileSketch
 from fleetstream.domain.window_records import I64_MAX, I64_MIN, WindowAggregate
 from fleetstream.domain.window_series import SeriesIndex
-from fleetstream.domain.window_state import STATE_FIELDS, Packing, WindowGroup, WindowSlots
+from fleetstream.domain.window_state import (
+    STATE_FIELDS,
+    Packing,
+    WindowGroup,
+    WindowSlots,
+    array_from_state,
+    array_state,
+)
 
 LINE_SPAN = 1 << 28  # window key = u * LINE_SPAN + line
 _U_FAST = 1 << 34  # |u| below this keeps the key inside int64
@@ -142,61 +149,49 @@ class WindowTable:
         alive = self._in_order(self._slots.alive())
         return self._aggregates(alive, self._sketches(alive, list(self._groups.values())))
 
-    def snapshot(self) -> tuple[dict[str, list[Any]], list[list[int]]]:
-        """The windows in memory as columns of builtins, and the [size, start] of groups emitted."""
+    def snapshot(self) -> dict[str, Any]:
+        """The series, the windows in memory and their groups' sketches, numpy columns as raw bytes.
+
+        Windows are renumbered 0, 1, 2... in slot order (the pairs of a group's sketches stay
+        sorted); their series keep their numbers.
+        """
         S = self._slots
         alive = S.alive()
-        ns = len(self._sizes)
-        lines = S.line[alive].tolist()
-        sketches = self._sketches(alive, list(self._groups.values()))
-        windows: dict[str, list[Any]] = {
-            "device_id": [self.series.names[x // ns][1] for x in lines],
-            "sensor": [self.series.names[x // ns][0] for x in lines],
-            "size_us": [self._sizes[x % ns] for x in lines],
-            "version": S.version[alive].tolist(),
-            "changed": S.changed[alive].tolist(),
-            "sketch": [sketch.to_state() for sketch in sketches],
+        renumber = np.full(S.used, -1, np.int64)
+        renumber[alive] = np.arange(len(alive))
+        groups = [group.to_state(renumber, self._packing.span) for group in self._groups.values()]
+        names = self.series.names
+        return {
+            "series": {"sensor": [s for s, _ in names], "device_id": [d for _, d in names]},
+            "windows": {name: array_state(getattr(S, name)[alive]) for name, _ in STATE_FIELDS},
+            "groups": groups,
         }
-        for name in STATE_FIELDS:
-            windows[name] = getattr(S, name)[alive].tolist()
-        emitted = [[self._sizes[j], u * self._sizes[j]] for (j, u), g in self._groups.items() if g.emitted]
-        return windows, emitted
 
-    def load(self, emitted: list[list[int]], w: dict[str, list[Any]]) -> None:
+    def load(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`snapshot` returned, into an empty table."""
-        S, packing = self._slots, self._packing
-        sizes = list(self._sizes)
-        for size_us, start in emitted:
-            j = sizes.index(size_us)
-            self._groups[(j, start // size_us)] = WindowGroup(j, start + size_us, emitted=True)
-        if not w["start"]:
-            return
-        js = np.array([sizes.index(size) for size in w["size_us"]], np.int64)
-        series = [self.series.number_of(d, s) for d, s in zip(w["device_id"], w["sensor"], strict=True)]
+        S, sizes = self._slots, self._sizes
+        if S.used:
+            msg = "a snapshot can only be loaded into an empty table"
+            raise ValueError(msg)
+        self.series.load(state["series"]["sensor"], state["series"]["device_id"])
         self._grow_lines()
-        line = np.array(series, np.int64) * len(sizes) + js
-        size = np.array(w["size_us"], np.int64)
-        u = np.array(w["start"], np.int64) // size
-        slot = np.array(S.take(len(js)), np.int64)
-        for name in (*STATE_FIELDS, "version", "changed"):
-            getattr(S, name)[slot] = w[name]
-        S.end[slot] = S.start[slot] + size
-        S.line[slot] = line
+        columns = {name: array_from_state(state["windows"][name], dtype) for name, dtype in STATE_FIELDS}
+        n = len(columns["start"])
+        if any(len(column) != n for column in columns.values()):
+            msg = "the window columns of the snapshot differ in length"
+            raise ValueError(msg)
+        slot = np.array(S.take(n), np.int64)  # 0 .. n-1: the slots the windows were renumbered to
+        for name, column in columns.items():
+            getattr(S, name)[slot] = column
+        line = columns["line"]
+        size = np.array(sizes, np.int64)[line % len(sizes)]
+        S.end[slot] = columns["start"] + size
+        u = columns["start"] // size
         keys = self._window_keys(u, line)
-        self._slot_of.update(zip(keys, slot.tolist(), strict=True))
-        counted: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
-        for s, k, j, x, sketch_state in zip(
-            slot.tolist(), keys, js.tolist(), u.tolist(), w["sketch"], strict=True
-        ):
-            S.key[s] = k
-            if (j, x) not in self._groups:
-                self._groups[(j, x)] = WindowGroup(j, (x + 1) * sizes[j])
-            bucket, count = QuantileSketch.from_state(sketch_state).bucket_arrays()
-            counted.setdefault((j, x), []).append((bucket + (s * packing.span + packing.max_key), count))
-        for gkey, parts in counted.items():
-            self._groups[gkey].add_counted(
-                np.concatenate([packed for packed, _ in parts]), np.concatenate([n for _, n in parts])
-            )
+        S.key[:n] = keys
+        self._slot_of = dict(zip(keys, range(n), strict=True))
+        for group in map(WindowGroup.from_state, state["groups"]):
+            self._groups[(group.j, group.end // sizes[group.j] - 1)] = group
         self._remember_newest(line, u, slot)
 
     # ----------------------------------------------------------------- internals
