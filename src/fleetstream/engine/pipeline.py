@@ -183,14 +183,10 @@ class Engine:
         """Store what the processors emitted (and, with ``checkpoint``, their state) in one transaction."""
         pending, self._pending = self._pending, Derived()
         saved = None
+        began = time.perf_counter()
         if checkpoint:
-            began = time.perf_counter()
             pending.twins += self.processors.take_dirty()
             saved = Checkpoint(self.processors.position, self.processors.snapshot(), self.clock.now_us())
-            # The snapshot holds the event loop: keep it under 5% of the time by checkpointing less
-            # often when the state is large (a crash then replays a little more of the log).
-            took = time.perf_counter() - began
-            self._checkpoint_every = max(self.settings.checkpoint_interval_s, 20 * took)
         if not pending and saved is None:
             return
         try:
@@ -201,6 +197,11 @@ class Engine:
             raise
         if checkpoint:
             self._last_checkpoint = self.clock.monotonic()
+            # Taking the snapshot holds the event loop and writing it holds the store's writer:
+            # with a large state, checkpoint less often so that stays under 5% of the time (a crash
+            # then replays a little more of the log).
+            took = time.perf_counter() - began
+            self._checkpoint_every = max(self.settings.checkpoint_interval_s, 20 * took)
 
     @property
     def position(self) -> int:

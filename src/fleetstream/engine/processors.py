@@ -23,7 +23,7 @@ from fleetstream.domain.windows import WindowOutput, WindowProcessor, WindowSett
 from fleetstream.ports import Derived
 
 _S = 1_000_000
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 def window_settings(stream: StreamSettings) -> WindowSettings:
