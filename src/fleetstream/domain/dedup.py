@@ -71,7 +71,22 @@ class Deduplicator:
                         del members[key]
                 self._remember(members, hi)
                 return fresh, []
+            return self._classify_repeats(keys, hi)
         return self._classify_each(keys, ts)
+
+    def _classify_repeats(self, keys: Sequence[Key], newest: int) -> tuple[list[int], list[int]]:
+        # Repeats inside the batch (a re-send arriving with its original): each key's first place.
+        first: dict[Key, int] = {}
+        place = first.setdefault
+        for i, key in enumerate(keys):
+            place(key, i)
+        seen = self._keys.keys() & first.keys()
+        for key in seen:
+            del first[key]
+        self.duplicates_total += len(keys) - len(first)
+        fresh = sorted(first.values())
+        self._remember(dict.fromkeys(first), newest)
+        return fresh, []
 
     def _remember(self, members: dict[Key, None], newest: int) -> None:
         # Every key of the batch joins the generation of its newest event time: a key may so be
