@@ -189,6 +189,10 @@ class TwinProcessor:
             self._absent.discard(twin.device_id)
             self._arm(twin)
 
+    def mark_dirty(self, device_ids: Iterable[str]) -> None:
+        """Count these twins as changed again (their storing failed)."""
+        self._dirty.update(device_ids)
+
     def take_dirty(self) -> list[DeviceTwin]:
         """Resident twins changed since the last call (to store beside a checkpoint)."""
         twins = self._twins

@@ -70,6 +70,7 @@ class Engine:
         self._pending = Derived()
         self._last_checkpoint = 0.0
         self._checkpoint_every = self.settings.checkpoint_interval_s
+        self._twins_stored = float("-inf")
         self._flusher: asyncio.Task[None] | None = None
         self.replayed = 0
         self.rate = RateMeter()
@@ -169,6 +170,24 @@ class Engine:
                 raise
             except Exception:
                 log.exception("storing windows, device events and twins failed; retrying")
+
+    async def store_twins(self) -> None:
+        """Store the twins changed since the last checkpoint now (listing reads stored twins).
+
+        At most once a second; a twin stored ahead of the checkpoint is safe, since a replay
+        skips what its stored position says it has seen.
+        """
+        now = self.clock.monotonic()
+        if now - self._twins_stored < 1.0:
+            return
+        self._twins_stored = now
+        changed = self.processors.take_dirty()
+        if changed:
+            try:
+                await self.store.write_derived(Derived(twins=changed))
+            except Exception:
+                self.processors.twins.mark_dirty(t.device_id for t in changed)
+                raise
 
     async def flush(self) -> None:
         """Store what the processors emitted and a checkpoint now (tests, shutdown)."""

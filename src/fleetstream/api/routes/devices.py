@@ -91,12 +91,13 @@ async def list_devices(
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
     offset: Annotated[int, Query(ge=0, description="devices to skip (by id)")] = 0,
 ) -> Response:
-    """Twins ordered by device id: `{"total", "limit", "offset", "devices": [...]}`. The list comes
-    from the stored twins (stored every checkpoint, 5 s by default); each twin on the page shows its
-    current state."""
+    """Twins ordered by device id: `{"total", "limit", "offset", "devices": [...]}`, each in its
+    current state. Filtering and paging run on the stored twins, which are brought up to date
+    (at most once a second) before the query."""
     if status is not None and status not in STATUSES:
         msg = f"status: expected one of {', '.join(STATUSES)}, got {status!r}"
         raise InvalidInput(msg)
+    await engine.store_twins()  # devices first heard since the last checkpoint are listed too
     total, page = await store.list_twins(type, status, limit, offset)
     resident = engine.processors.twins
     twins = [resident.get(t.device_id) or t for t in page]
