@@ -149,10 +149,10 @@ class Lifecycles:
         return self._enter(device, state, now_s)
 
     def advance(self, now_s: float) -> list[Transition]:
-        """Apply every transition due before ``now_s``, in time order."""
+        """Apply every transition due by ``now_s`` (inclusive), in time order."""
         out: list[Transition] = []
         pending = self._pending
-        while pending and pending[0][0] < now_s:
+        while pending and pending[0][0] <= now_s:
             at, device, to = heapq.heappop(pending)
             out.append(self._enter(device, to, at))
         return out
