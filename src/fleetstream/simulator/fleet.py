@@ -79,6 +79,35 @@ def deal_kinds(devices: int, weights: Mapping[str, float] | None = None) -> list
     return dealt
 
 
+def parse_kinds(text: str) -> dict[str, float]:
+    """``"thermostat,tracker,host"`` (equal weights) or ``"thermostat=3,host=1"`` → weight per kind.
+
+    Raises:
+        ConfigError: an unknown kind or a weight that is not a number.
+
+    Example:
+        >>> parse_kinds("thermostat=3, tracker")
+        {'thermostat': 3.0, 'tracker': 1.0}
+    """
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition("=")
+        if not name:
+            continue
+        if name not in KINDS:
+            msg = f"--kinds: unknown device kind {name!r}: expected some of {', '.join(KINDS)}"
+            raise ConfigError(msg)
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            msg = f"--kinds: the weight of {name} must be a number, got {weight!r}"
+            raise ConfigError(msg) from None
+    if not weights:
+        msg = f"--kinds: name at least one of {', '.join(KINDS)}"
+        raise ConfigError(msg)
+    return weights
+
+
 class Fleet:
     """Devices of every kind, their schedule and their values.
 
