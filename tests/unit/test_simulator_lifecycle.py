@@ -19,7 +19,8 @@ import pytest
 from fleetstream.domain.clock import ManualClock
 from fleetstream.domain.timeutil import parse_time
 from fleetstream.errors import ConfigError
-from fleetstream.simulator import Fleet, failures, lifecycle, tracker
+from fleetstream.simulator import Fleet, failures, lifecycle, parse_kinds, tracker
+from fleetstream.simulator.cli import simulate
 from fleetstream.simulator.failures import failure_rows, write_failures
 from fleetstream.simulator.lifecycle import (
     DEGRADED,
@@ -315,3 +316,30 @@ def test_a_seed_repeats_the_data_and_the_failures() -> None:
 def test_lifecycle_doctests() -> None:
     for module in (lifecycle, tracker, failures):
         assert doctest.testmod(module).failed == 0
+
+
+def test_simulate_refuses_unknown_kinds_a_bad_region_or_rate_and_an_unwritable_failures_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = "http://127.0.0.1:1"
+    assert simulate(10, 1.0, target, 1.0, None, 500, kinds="thermostat,toaster") == 2
+    assert "--kinds: unknown device kind 'toaster'" in capsys.readouterr().err
+    assert simulate(10, 1.0, target, 1.0, None, 500, kinds="host=many") == 2
+    assert "weight of host must be a number" in capsys.readouterr().err
+    assert simulate(10, 1.0, target, 1.0, None, 500, region="52,4") == 2
+    assert "--region: expected south,west,north,east" in capsys.readouterr().err
+    assert simulate(10, 1.0, target, 1.0, None, 500, failure_rate=-1) == 2
+    assert "failure_rate must be a finite rate >= 0" in capsys.readouterr().err
+    assert simulate(10, 1.0, target, 1.0, None, 500, failures=tmp_path / "no" / "f.jsonl") == 2
+    assert "--failures: cannot write" in capsys.readouterr().err
+
+
+def test_kinds_read_names_with_optional_weights() -> None:
+    assert parse_kinds("thermostat,tracker,host") == {"thermostat": 1.0, "tracker": 1.0, "host": 1.0}
+    assert parse_kinds(" thermostat=3 , host=1") == {"thermostat": 3.0, "host": 1.0}
+    fleet = Fleet(8, 1.0, 1, kinds=parse_kinds("thermostat=3,host=1"))
+    assert sorted(d.device_id for d in fleet.devices) == [
+        "host-0001",
+        "host-0002",
+        *(f"thermostat-000{i}" for i in range(1, 7)),
+    ]
