@@ -346,6 +346,27 @@ def simulate(
     truth_window: Annotated[
         str, typer.Option(envvar="FLEETSTREAM_SIM_TRUTH_WINDOW", help="window size of the --truth file")
     ] = "10s",
+    kinds: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_KINDS", help="device kinds, e.g. thermostat,tracker,host (default: all)"
+        ),
+    ] = None,
+    failure_rate: Annotated[
+        float, typer.Option(envvar="FLEETSTREAM_SIM_FAILURE_RATE", help="degradations per device-hour")
+    ] = 0.5,
+    failures: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_FAILURES", help="write each device failure to this .jsonl or .csv"
+        ),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_REGION", help="trackers' box: south,west,north,east (default Amsterdam)"
+        ),
+    ] = None,
 ) -> None:
     """Drive any fleetstream server with a simulated fleet, printing progress.
 
@@ -372,6 +393,10 @@ def simulate(
         clock_skew=clock_skew,
         truth=truth,
         truth_window=truth_window,
+        kinds=kinds,
+        failure_rate=failure_rate,
+        failures=failures,
+        region=region,
     )
     raise typer.Exit(code)
 

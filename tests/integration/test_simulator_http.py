@@ -307,3 +307,35 @@ def test_window_counts_equal_what_the_simulator_sent_once_and_late_readings_are_
         assert stored == w["on_time"], w
     status, live = srv.call("GET", "/api/v1/stats/live")
     assert sum(s["late"] for s in live["sensors"].values()) == doc["totals"]["late_readings"] > 0
+
+
+def test_trackers_hosts_and_the_failures_file_against_a_real_server(
+    start: Callable[..., ServerProcess], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv = start()
+    path = tmp_path / "failures.jsonl"
+    code = simulate(
+        devices=12,
+        rate=2.0,
+        target=srv.url,
+        duration=3.0,
+        seed=4,
+        batch=100,
+        kinds="tracker,host",
+        failure_rate=3600.0,  # about one degradation per device-second: some in a short run
+        failures=path,
+        region="52.30,4.75,52.42,5.00",
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows
+    assert {r["type"] for r in rows} <= {"Tracker", "Host Monitor"}
+    assert all(r["degraded_at"] and r["failed_at"] is None for r in rows)  # failing takes minutes
+    assert f"failures: {len(rows)} degraded, 0 failed" in out
+    for sensor, low, high in (("latitude", 52.30, 52.42), ("longitude", 4.75, 5.00), ("fan_rpm", 0, 5000)):
+        status, body = srv.call("GET", query("/api/v1/metrics", sensor=sensor, agg="min,max,count"))
+        assert status == 200, body
+        stats = body["metrics"][sensor]
+        assert stats["count"] > 0
+        assert low <= stats["min"] <= stats["max"] <= high, (sensor, stats)

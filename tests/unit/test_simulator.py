@@ -47,6 +47,7 @@ from fleetstream.testing import Harness
 
 T0 = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
 TYPED_ONLY = dict.fromkeys(TYPED_KINDS, 1.0)
+NO_TRACKERS = {**TYPED_ONLY, "host": 1.0}
 Message = dict[str, Any]
 
 
@@ -92,14 +93,15 @@ def test_seeded_fleet_is_deterministic() -> None:
 
 
 def test_devices_are_dealt_round_robin_with_numbered_ids() -> None:
-    fleet = Fleet(11, seed=1)
+    fleet = Fleet(13, seed=1)
     ids = [d.device_id for d in fleet.devices]
-    assert ids[:6] == [
+    assert ids[:7] == [
         "thermostat-0001",
         "barometer-0001",
         "hygrometer-0001",
         "heartrate-0001",
         "host-0001",
+        "tracker-0001",
         "thermostat-0002",
     ]
     assert ids[-1] == "thermostat-0003"
@@ -121,6 +123,9 @@ def test_every_message_decodes_with_the_servers_decoder() -> None:
         assert got.device_id == sent["device_id"]
         assert got.msg_id == sent["msg_id"]
         values = sent.get("event", sent)
+        if "sensor" in sent:  # a canonical reading: a tracker's, or a host's fan and voltage
+            values = {sent["sensor"]: sent["value"]}
+            assert got.device_type == sent["device_type"]
         assert all(values[r.sensor] == r.value for r in got.readings)
 
 
@@ -191,14 +196,22 @@ def test_host_monitors_send_startup_once_heartbeat_every_15s_temperature_every_3
         by_host[m["device_id"]].append(m)
     assert sorted(by_host) == ["host-0001", "host-0002", "host-0003", "host-0004"]
     for sent in by_host.values():
-        assert Counter(m["type"] for m in sent) == {"startup": 1, "heartbeat": 4, "temperature": 20}
+        assert Counter(m.get("type", m.get("sensor")) for m in sent) == {
+            "startup": 1,
+            "heartbeat": 4,
+            "temperature": 20,
+            "fan_rpm": 4,  # with each heartbeat: the fan and the supply voltage
+            "voltage": 4,
+        }
         assert sent[0]["type"] == "startup"
         assert sent[0]["event"] == {}
         assert [int(m["msg_id"].rsplit("-", 1)[1]) for m in sent] == list(range(len(sent)))
-        beats = [parse_time(m["ts"]) for m in sent if m["type"] == "heartbeat"]
+        beats = [parse_time(m["ts"]) for m in sent if m.get("type") == "heartbeat"]
         gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(beats)]
         assert all(14.85 <= g <= 15.15 for g in gaps), gaps
-        assert all(set(m["event"]) == {"cpu_usage", "mem_usage"} for m in sent if m["type"] == "heartbeat")
+        assert all(
+            set(m["event"]) == {"cpu_usage", "mem_usage"} for m in sent if m.get("type") == "heartbeat"
+        )
 
 
 def test_lane_hands_out_the_same_occurrences_whatever_the_tick() -> None:
@@ -354,7 +367,8 @@ def test_in_process_transport_feeds_the_gateway_and_resends_are_stored_once() ->
     assert sim.errors == 0
     assert sim.acknowledged == sim.generated > 0
     assert len(h.store.messages) == sim.acknowledged
-    assert h.runtime.engine.dedup.duplicates_total == 5
+    hosts = [d for d in sim.fleet.devices if d.kind.key == "host"]
+    assert h.runtime.engine.dedup.duplicates_total == len(hosts) == 4  # 25 devices dealt over 6 kinds
 
 
 def test_in_process_transport_retries_overload_and_raises_rejections() -> None:
@@ -471,7 +485,9 @@ def test_duplicates_are_identical_copies_in_a_later_batch_at_the_chosen_rate() -
     def run(tick: float) -> tuple[Simulator, TimedTransport]:
         clock = ManualClock(T0)
         transport = TimedTransport(clock)
-        sim = Simulator(200, 1.0, 5, clock, transport, delivery=DeliveryOptions(duplicates=0.05))
+        sim = Simulator(
+            200, 1.0, 5, clock, transport, kinds=NO_TRACKERS, delivery=DeliveryOptions(duplicates=0.05)
+        )
         run_and_stop(sim, clock, 30.0, tick)
         return sim, transport
 
@@ -481,7 +497,8 @@ def test_duplicates_are_identical_copies_in_a_later_batch_at_the_chosen_rate() -
         copies[key(sent[2])].append(sent)
     twice = {k: v for k, v in copies.items() if len(v) == 2}
     n = len(copies)
-    assert n == sim.generated == 160 * 30 + 40 * (1 + 10 + 2)  # typed at 1/s; hosts: startup, 3 s, 15 s
+    # typed at 1/s; hosts: startup, temperature every 3 s, heartbeat with fan and voltage every 15 s
+    assert n == sim.generated == 160 * 30 + 40 * (1 + 10 + 2 * 3)
     assert all(len(v) <= 2 for v in copies.values())
     assert sim.duplicates_sent == len(twice) == sim.sent - n == sim.acknowledged - n
     assert 0.04 * n <= len(twice) <= 0.06 * n

@@ -21,7 +21,11 @@ from rich.text import Text
 from fleetstream.domain.clock import SystemClock
 from fleetstream.errors import ConfigError
 from fleetstream.simulator.delivery import DeliveryOptions, parse_duration
+from fleetstream.simulator.failures import failure_rows, write_failures
+from fleetstream.simulator.fleet import parse_kinds
+from fleetstream.simulator.lifecycle import LifecycleOptions
 from fleetstream.simulator.simulator import Simulator
+from fleetstream.simulator.tracker import Region
 from fleetstream.simulator.transports import transport_for
 from fleetstream.simulator.truth import GroundTruth, write_truth
 
@@ -72,6 +76,10 @@ def simulate(
     clock_skew: float | str = 0.0,
     truth: Path | None = None,
     truth_window: float | str = 10.0,
+    kinds: str | None = None,
+    failure_rate: float = 0.5,
+    failures: Path | None = None,
+    region: str | None = None,
 ) -> int:
     """Run a simulated fleet against ``target`` and report progress until done or Ctrl-C.
 
@@ -103,6 +111,12 @@ def simulate(
             and event-time window) to this file: CSV if it ends in ``.csv``, else JSON.
             Rewritten every 5 s while running, and at the end.
         truth_window: the truth's window size.
+        kinds: which kinds of device, ``thermostat,tracker,host`` or with weights ``thermostat=3,host=1``;
+            None: every kind equally.
+        failure_rate: degradations per device-hour (each ends in a failure or a recovery).
+        failures: write each degradation (degraded_at, failing_at, failed_at, recovered_at)
+            to this file: CSV if it ends in ``.csv``, else JSON lines. Rewritten every 5 s and at the end.
+        region: where trackers move, ``south,west,north,east`` in degrees.
 
     Returns:
         The exit code: 0 when every message was acknowledged, 1 when some were
@@ -128,6 +142,9 @@ def simulate(
         )
         skew_s = parse_duration(clock_skew, "--clock-skew")
         ground = None if truth is None else GroundTruth(parse_duration(truth_window, "--truth-window"))
+        weights = None if kinds is None else parse_kinds(kinds)
+        life = LifecycleOptions(failure_rate=failure_rate)
+        box = None if region is None else Region.parse(region)
         transport = transport_for(target)
         simulator = Simulator(
             devices,
@@ -139,7 +156,16 @@ def simulate(
             delivery=options,
             clock_skew_s=skew_s,
             truth=ground,
+            kinds=weights,
+            lifecycle=life,
+            region=box,
         )
+        if failures is not None:
+            try:
+                write_failures(failures, [])  # fail now, not after the run
+            except OSError as exc:
+                msg = f"--failures: cannot write {failures}: {exc.strerror or exc}"
+                raise ConfigError(msg) from None
         recorder = None
         if truth is not None and ground is not None:
             meta = _truth_meta(simulator, target, options, skew_s)
@@ -177,9 +203,18 @@ def simulate(
     )
     outcome = _Outcome()
     try:
-        asyncio.run(_drive(simulator, duration, console, outcome, recorder))
+        asyncio.run(_drive(simulator, duration, console, outcome, recorder, failures))
     except KeyboardInterrupt:  # Ctrl-C before the loop took over the signal
         outcome.interrupted = True
+    if failures is not None:
+        rows = failure_rows(simulator.fleet)
+        try:
+            write_failures(failures, rows)
+        except OSError as exc:
+            errors.print(f"error: --failures: cannot write {failures}: {exc}", markup=False, highlight=False)
+            return EXIT_UNDELIVERED
+        failed = sum(r["failed_at"] is not None for r in rows)
+        console.print(f"failures: {len(rows):,} degraded, {failed:,} failed → {failures}", markup=False)
     if recorder is not None:
         try:
             recorder.write(simulator, complete=True)
@@ -198,7 +233,12 @@ def simulate(
 
 
 async def _drive(
-    simulator: Simulator, duration: float | None, console: Console, outcome: _Outcome, recorder: _Truth | None
+    simulator: Simulator,
+    duration: float | None,
+    console: Console,
+    outcome: _Outcome,
+    recorder: _Truth | None,
+    failures: Path | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -216,7 +256,7 @@ async def _drive(
     live = Live(Text(""), console=console, auto_refresh=False) if console.is_terminal else None
     run = asyncio.create_task(simulator.run(duration), name="fleetstream-simulate")
     stopped = asyncio.create_task(stop.wait())
-    report = asyncio.create_task(_report(simulator, console, live, started, recorder))
+    report = asyncio.create_task(_report(simulator, console, live, started, recorder, failures))
     try:
         with live if live is not None else contextlib.nullcontext():
             await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -237,7 +277,12 @@ async def _drive(
 
 
 async def _report(
-    simulator: Simulator, console: Console, live: Live | None, started: float, recorder: _Truth | None
+    simulator: Simulator,
+    console: Console,
+    live: Live | None,
+    started: float,
+    recorder: _Truth | None,
+    failures: Path | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     seconds = 0
@@ -254,6 +299,11 @@ async def _report(
                 recorder.write(simulator, complete=False)
             except OSError as exc:  # a full disk, say: keep simulating, the final write will tell
                 console.print(f"warning: --truth: {exc}", markup=False, highlight=False)
+        if failures is not None and seconds % _TRUTH_EVERY_S == 0:
+            try:
+                write_failures(failures, failure_rows(simulator.fleet))
+            except OSError as exc:
+                console.print(f"warning: --failures: {exc}", markup=False, highlight=False)
 
 
 def _knobs(options: DeliveryOptions, skew_s: float) -> str:

@@ -13,8 +13,22 @@ from typing import Any
 
 from fleetstream.errors import ConfigError
 from fleetstream.simulator.delivery import Draws
-from fleetstream.simulator.models import HOST_CPU, HOST_MEM, HOST_TEMP, KINDS, DeviceKind, SimDevice, iso_ms
+from fleetstream.simulator.lifecycle import SILENT as _SILENT
+from fleetstream.simulator.lifecycle import LifecycleOptions, Lifecycles, Transition
+from fleetstream.simulator.models import (
+    HOST_CPU,
+    HOST_FAN,
+    HOST_MEM,
+    HOST_TEMP,
+    HOST_UNITS,
+    HOST_VOLT,
+    KINDS,
+    DeviceKind,
+    SimDevice,
+    iso_ms,
+)
 from fleetstream.simulator.schedule import Lane
+from fleetstream.simulator.tracker import Motion, Region
 
 Message = dict[str, Any]
 
@@ -22,6 +36,14 @@ HEARTBEAT_EVERY_S = 15.0
 """A host monitor's heartbeat period at rate 1 (divided by the rate)."""
 TEMPERATURE_EVERY_S = 3.0
 """A host monitor's temperature period at rate 1 (divided by the rate)."""
+# Lifecycles draw from their own generator, seeded from the fleet's seed with this added, so
+# turning failures on or off leaves the ids, phases and healthy values of a seed as they were.
+_LIFE_SEED = 0x5EED_11FE
+
+
+def _ramp(severity: float, start: float) -> float:
+    """0 until ``severity`` reaches ``start``, then rising linearly to 1 at severity 1."""
+    return max(0.0, (severity - start) / (1.0 - start))
 
 
 def deal_kinds(devices: int, weights: Mapping[str, float] | None = None) -> list[DeviceKind]:
@@ -55,6 +77,35 @@ def deal_kinds(devices: int, weights: Mapping[str, float] | None = None) -> list
         credit[best] -= total
         dealt.append(KINDS[best])
     return dealt
+
+
+def parse_kinds(text: str) -> dict[str, float]:
+    """``"thermostat,tracker,host"`` (equal weights) or ``"thermostat=3,host=1"`` → weight per kind.
+
+    Raises:
+        ConfigError: an unknown kind or a weight that is not a number.
+
+    Example:
+        >>> parse_kinds("thermostat=3, tracker")
+        {'thermostat': 3.0, 'tracker': 1.0}
+    """
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition("=")
+        if not name:
+            continue
+        if name not in KINDS:
+            msg = f"--kinds: unknown device kind {name!r}: expected some of {', '.join(KINDS)}"
+            raise ConfigError(msg)
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            msg = f"--kinds: the weight of {name} must be a number, got {weight!r}"
+            raise ConfigError(msg) from None
+    if not weights:
+        msg = f"--kinds: name at least one of {', '.join(KINDS)}"
+        raise ConfigError(msg)
+    return weights
 
 
 class Fleet:
@@ -91,6 +142,8 @@ class Fleet:
         kinds: Mapping[str, float] | None = None,
         *,
         clock_skew_s: float = 0.0,
+        lifecycle: LifecycleOptions | None = None,
+        region: Region | None = None,
     ) -> None:
         if devices < 0:
             msg = f"the number of devices must be >= 0, got {devices}"
@@ -107,15 +160,24 @@ class Fleet:
         self.devices: list[SimDevice] = []
         for kind in deal_kinds(devices, kinds):
             numbers[kind.key] = numbers.get(kind.key, 0) + 1
-            self.devices.append(SimDevice(f"{kind.key}-{numbers[kind.key]:04d}", kind, self.rng))
+            device_id = f"{kind.key}-{numbers[kind.key]:04d}"
+            self.devices.append(SimDevice(device_id, kind, self.rng, len(self.devices)))
         if clock_skew_s > 0:
             draws = Draws(random.getrandbits(64) if seed is None else seed)
             for d in self.devices:
                 d.skew_us = round((2.0 * draws.device_skew(d.device_id) - 1.0) * clock_skew_s * 1000) * 1000
         self.hosts = [d for d in self.devices if d.kind.envelope]
-        typed = [d for d in self.devices if not d.kind.envelope]
+        typed = [d for d in self.devices if not (d.kind.envelope or d.kind.moves)]
+        trackers = [d for d in self.devices if d.kind.moves]
 
         self.typed = self._lane(1.0 / rate, typed)
+        self.trackers = self._lane(1.0 / rate, trackers)
+        self.region = region or Region()
+        self.motions = {d.index: Motion(self.region, self.rng) for d in trackers}
+        life_seed = random.getrandbits(64) if seed is None else seed + _LIFE_SEED
+        self.life = Lifecycles(len(self.devices), lifecycle or LifecycleOptions(), random.Random(life_seed))
+        self.transitions: list[Transition] = []  # every state change so far, in time order
+        self.origin_us: int | None = None  # the wall clock at elapsed 0
         self.heartbeats = self._lane(HEARTBEAT_EVERY_S / rate, self.hosts)
         self.temperatures = self._lane(TEMPERATURE_EVERY_S / rate, self.hosts)
         # One walk per (kind, sensor), stepped at the pace its values are sent.
@@ -127,6 +189,8 @@ class Fleet:
         host = KINDS["host"].sensors
         self._cpu = host[HOST_CPU].walk(self.heartbeats.period_s)
         self._mem = host[HOST_MEM].walk(self.heartbeats.period_s)
+        self._fan = host[HOST_FAN].walk(self.heartbeats.period_s)
+        self._volt = host[HOST_VOLT].walk(self.heartbeats.period_s)
         self._temp = host[HOST_TEMP].walk(self.temperatures.period_s)
         self._started = False
         self._seconds: dict[int, str] = {}  # epoch second → its text, for skewed event times
@@ -144,8 +208,13 @@ class Fleet:
     @property
     def messages_per_s(self) -> float:
         """Messages per second the whole fleet sends on average."""
-        per_host = 1 / self.heartbeats.period_s + 1 / self.temperatures.period_s
-        return len(self.typed) / self.typed.period_s + len(self.hosts) * per_host
+        per_host = 3 / self.heartbeats.period_s + 1 / self.temperatures.period_s
+        per_tracker = 3 / self.trackers.period_s
+        return (
+            len(self.typed) / self.typed.period_s
+            + len(self.hosts) * per_host
+            + len(self.trackers) * per_tracker
+        )
 
     def advance(self, elapsed_s: float, now_us: int) -> list[Message]:
         """The messages due before ``elapsed_s`` seconds since the start, stamped ``now_us``.
@@ -160,38 +229,105 @@ class Fleet:
         if not self._started:
             self._started = True
             self.boot = _base36(now_us // 1000)
+            self.origin_us = now_us - round(elapsed_s * 1_000_000)
             out.extend(self._envelope(d, "startup", self._stamp(d, ts, now_us), {}) for d in self.hosts)
+        life = self.life
+        self.transitions.extend(life.advance(elapsed_s))
+        state, silent = life.state, _SILENT
         rng = self.rng
         for d in self.typed.due(elapsed_s):
+            if state[d.index] in silent:
+                continue
             sensor = d.kind.sensors[0]
             d.values[0] = self._walks[d.kind.key][0].step(d.values[0], d.homes[0], rng)
+            value = d.values[0]
+            severity = life.severity(d.index, elapsed_s)
+            if severity:  # a failing sensor gets noisy
+                value = sensor.bound(value + 3.0 * severity * sensor.spread * rng.gauss(0.0, 1.0))
             out.append(
                 {
                     "device_id": d.device_id,
                     "timestamp": ts if not d.skew_us else self._skewed(now_us + d.skew_us),
-                    sensor.name: sensor.shown(d.values[0]),
+                    sensor.name: sensor.shown(value),
                     "tag": d.kind.tag,
                     "msg_id": f"{self.boot}-{d.next_seq()}",
                 }
             )
+        for d in self.trackers.due(elapsed_s):
+            if state[d.index] in silent:
+                continue
+            out.extend(self._tracker(d, self._stamp(d, ts, now_us), life.severity(d.index, elapsed_s)))
         for d in self.heartbeats.due(elapsed_s):
-            sensors, values, homes = d.kind.sensors, d.values, d.homes
-            values[HOST_CPU] = self._cpu.step(values[HOST_CPU], homes[HOST_CPU], rng)
-            values[HOST_MEM] = self._mem.step(values[HOST_MEM], homes[HOST_MEM], rng)
-            event = {
-                "cpu_usage": sensors[HOST_CPU].shown(values[HOST_CPU]),
-                "mem_usage": sensors[HOST_MEM].shown(values[HOST_MEM]),
-            }
-            out.append(self._envelope(d, "heartbeat", self._stamp(d, ts, now_us), event))
+            if state[d.index] in silent:
+                continue
+            out.extend(self._heartbeat(d, self._stamp(d, ts, now_us), life.severity(d.index, elapsed_s)))
         for d in self.temperatures.due(elapsed_s):
+            if state[d.index] in silent:
+                continue
+            sensor = d.kind.sensors[HOST_TEMP]
             d.values[HOST_TEMP] = self._temp.step(d.values[HOST_TEMP], d.homes[HOST_TEMP], rng)
-            event = {"temperature": d.kind.sensors[HOST_TEMP].shown(d.values[HOST_TEMP])}
+            # Precursor: the temperature climbs once the fan has slowed for a while.
+            hotter = 30.0 * _ramp(life.severity(d.index, elapsed_s), 0.25)
+            event = {"temperature": sensor.shown(sensor.bound(d.values[HOST_TEMP] + hotter))}
             out.append(self._envelope(d, "temperature", self._stamp(d, ts, now_us), event))
         return out
 
+    def _heartbeat(self, d: SimDevice, ts: str, severity: float) -> list[Message]:
+        """A heartbeat envelope, then the host's fan speed and supply voltage as canonical readings."""
+        rng, sensors, values, homes = self.rng, d.kind.sensors, d.values, d.homes
+        values[HOST_CPU] = self._cpu.step(values[HOST_CPU], homes[HOST_CPU], rng)
+        values[HOST_MEM] = self._mem.step(values[HOST_MEM], homes[HOST_MEM], rng)
+        values[HOST_FAN] = self._fan.step(values[HOST_FAN], homes[HOST_FAN], rng)
+        values[HOST_VOLT] = self._volt.step(values[HOST_VOLT], homes[HOST_VOLT], rng)
+        # Precursors, in the order they show: the fan slows from the start of the degradation,
+        # load (and temperature) climb from a quarter of the way, the voltage sags once failing.
+        cpu, fan, volt = sensors[HOST_CPU], sensors[HOST_FAN], sensors[HOST_VOLT]
+        event = {
+            "cpu_usage": cpu.shown(cpu.bound(values[HOST_CPU] + 40.0 * _ramp(severity, 0.25))),
+            "mem_usage": sensors[HOST_MEM].shown(values[HOST_MEM]),
+        }
+        out = [self._envelope(d, "heartbeat", ts, event)]
+        for sensor, value in (
+            (fan, values[HOST_FAN] * (1.0 - 0.7 * severity)),
+            (volt, values[HOST_VOLT] - 1.2 * _ramp(severity, 0.5)),
+        ):
+            out.append(
+                self._reading(d, ts, sensor.name, sensor.shown(sensor.bound(value)), HOST_UNITS[sensor.name])
+            )
+        return out
+
+    def _tracker(self, d: SimDevice, ts: str, severity: float) -> list[Message]:
+        """A tracker's position and temperature: three canonical readings, one after the other."""
+        rng = self.rng
+        motion = self.motions[d.index]
+        motion.step(self.trackers.period_s, rng)
+        sensor = d.kind.sensors[0]
+        d.values[0] = self._walks[d.kind.key][0].step(d.values[0], d.homes[0], rng)
+        value = d.values[0]
+        if severity:
+            value = sensor.bound(value + 3.0 * severity * sensor.spread * rng.gauss(0.0, 1.0))
+        units = d.kind.device_type.sensors
+        return [
+            self._reading(d, ts, "latitude", round(motion.lat, 6), units["latitude"]),
+            self._reading(d, ts, "longitude", round(motion.lon, 6), units["longitude"]),
+            self._reading(d, ts, "temperature", sensor.shown(value), units["temperature"]),
+        ]
+
+    def _reading(self, d: SimDevice, ts: str, sensor: str, value: float, unit: str | None) -> Message:
+        return {
+            "device_id": d.device_id,
+            "timestamp": ts,
+            "sensor": sensor,
+            "value": value,
+            "unit": unit,
+            "device_type": d.kind.device_type.name,
+            "msg_id": f"{self.boot}-{d.next_seq()}",
+        }
+
     def skip(self, elapsed_s: float) -> int:
         """Give up the occurrences due before ``elapsed_s`` (after a stall); how many were dropped."""
-        return sum(lane.skip(elapsed_s) for lane in (self.typed, self.heartbeats, self.temperatures))
+        lanes = (self.typed, self.trackers, self.heartbeats, self.temperatures)
+        return sum(lane.skip(elapsed_s) for lane in lanes)
 
     def _stamp(self, device: SimDevice, ts: str, now_us: int) -> str:
         """The event time a device sends: ``ts`` (the text of ``now_us``) unless its clock is off."""

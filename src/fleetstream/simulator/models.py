@@ -108,12 +108,14 @@ class DeviceKind:
         device_type: the server's device type; its name is the ``tag`` of typed messages.
         sensors: the sensors it sends, in the order of :attr:`SimDevice.values`.
         envelope: sends event envelopes (startup, heartbeat, temperature) rather than typed messages.
+        moves: a tracker: sends its position and temperature as canonical readings.
     """
 
     key: str
     device_type: DeviceType
     sensors: tuple[SensorModel, ...]
     envelope: bool = False
+    moves: bool = False
 
     @property
     def tag(self) -> str:
@@ -128,9 +130,16 @@ HEART_RATE = SensorModel("heart_rate", 50.0, 160.0, 60.0, 90.0, 10.0, 60.0, deci
 CPU_USAGE = SensorModel("cpu_usage", 0.0, 100.0, 10.0, 60.0, 15.0, 30.0, decimals=2)
 MEM_USAGE = SensorModel("mem_usage", 0.0, 100.0, 30.0, 70.0, 5.0, 300.0, decimals=2)
 HOST_TEMPERATURE = SensorModel("temperature", 30.0, 90.0, 40.0, 60.0, 6.0, 60.0)
+FAN_RPM = SensorModel("fan_rpm", 0.0, 5000.0, 1800.0, 2400.0, 40.0, 60.0, decimals=0)
+VOLTAGE = SensorModel("voltage", 10.0, 13.0, 11.95, 12.1, 0.03, 60.0, decimals=3)
+OUTDOOR_TEMPERATURE = SensorModel("temperature", -20.0, 40.0, 5.0, 20.0, 3.0, 1800.0)
 
 # Host sensors in the order of SimDevice.values.
-HOST_CPU, HOST_MEM, HOST_TEMP = 0, 1, 2
+HOST_CPU, HOST_MEM, HOST_TEMP, HOST_FAN, HOST_VOLT = 0, 1, 2, 3, 4
+
+TRACKER = DeviceType("Tracker", {"latitude": "°", "longitude": "°", "temperature": "°C"})
+"""The server's tracker type (its tracker record format carries the same three values)."""
+HOST_UNITS = {"fan_rpm": "rpm", "voltage": "V"}
 
 KINDS: dict[str, DeviceKind] = {
     kind.key: kind
@@ -139,21 +148,25 @@ KINDS: dict[str, DeviceKind] = {
         DeviceKind("barometer", BAROMETER, (PRESSURE,)),
         DeviceKind("hygrometer", HYGROMETER, (HUMIDITY,)),
         DeviceKind("heartrate", HEART_RATE_METER, (HEART_RATE,)),
-        DeviceKind("host", HOST_MONITOR, (CPU_USAGE, MEM_USAGE, HOST_TEMPERATURE), envelope=True),
+        DeviceKind(
+            "host", HOST_MONITOR, (CPU_USAGE, MEM_USAGE, HOST_TEMPERATURE, FAN_RPM, VOLTAGE), envelope=True
+        ),
+        DeviceKind("tracker", TRACKER, (OUTDOOR_TEMPERATURE,), moves=True),
     )
 }
 """Every simulated kind by key, in the order a fleet deals them out."""
 
-TYPED_KINDS: tuple[str, ...] = tuple(key for key, kind in KINDS.items() if not kind.envelope)
+TYPED_KINDS: tuple[str, ...] = tuple(key for key, kind in KINDS.items() if not (kind.envelope or kind.moves))
 
 
 class SimDevice:
     """One simulated device: its identity, its message counter, its clock's error and its sensors' state."""
 
-    __slots__ = ("device_id", "homes", "kind", "seq", "skew_us", "values")
+    __slots__ = ("device_id", "homes", "index", "kind", "seq", "skew_us", "values")
 
-    def __init__(self, device_id: str, kind: DeviceKind, rng: random.Random) -> None:
+    def __init__(self, device_id: str, kind: DeviceKind, rng: random.Random, index: int = 0) -> None:
         self.device_id = device_id
+        self.index = index  # its place in the fleet (and in the fleet's lifecycles)
         self.kind = kind
         self.seq = 0
         self.skew_us = 0  # added to the true time in the event times it sends

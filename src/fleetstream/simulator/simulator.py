@@ -36,6 +36,8 @@ from fleetstream.simulator.delivery import (
     Message,
 )
 from fleetstream.simulator.fleet import Fleet
+from fleetstream.simulator.lifecycle import LifecycleOptions
+from fleetstream.simulator.tracker import Region
 from fleetstream.simulator.transports import Transport
 from fleetstream.simulator.truth import GroundTruth
 
@@ -68,6 +70,8 @@ class Simulator:
             :class:`~fleetstream.simulator.delivery.DeliveryOptions`); None: all off.
         clock_skew_s: each device's clock is off by a fixed offset in ``[-clock_skew_s, +clock_skew_s]``.
         truth: counts every distinct message the server acknowledged, per event-time window.
+        lifecycle: failure, offline and maintenance rates of the devices (None: the defaults).
+        region: where trackers move (None: around Amsterdam).
 
     Counters (messages): ``generated``; ``sent`` (handed to the transport,
     second copies included); ``acknowledged``; ``errors`` (rejected, or
@@ -103,13 +107,17 @@ class Simulator:
         delivery: DeliveryOptions | None = None,
         clock_skew_s: float = 0.0,
         truth: GroundTruth | None = None,
+        lifecycle: LifecycleOptions | None = None,
+        region: Region | None = None,
     ) -> None:
         if batch_size < 1 or max_in_flight < 1 or not tick_s > 0:
             msg = "batch_size and max_in_flight must be >= 1, tick_s > 0"
             raise ValueError(msg)
         self.seed = random.randrange(2**63) if seed is None else seed
         """The seed in use: the one given, or the one drawn (to repeat a run with)."""
-        self.fleet = Fleet(devices, rate, self.seed, kinds, clock_skew_s=clock_skew_s)
+        self.fleet = Fleet(
+            devices, rate, self.seed, kinds, clock_skew_s=clock_skew_s, lifecycle=lifecycle, region=region
+        )
         self.delivery = Delivery(delivery or DeliveryOptions(), self.seed)
         self.truth = truth
         self.device_rate = rate

@@ -92,6 +92,8 @@ class GroundTruth:
         event = message.get("event")
         if event is not None:
             sensors = list(event)
+        elif "sensor" in message:  # a canonical reading (trackers, a host's fan and voltage)
+            sensors = [message["sensor"]]
         else:
             sensors = [
                 k
