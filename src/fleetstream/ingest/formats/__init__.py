@@ -19,6 +19,7 @@ class DecodeContext:
     received_at: int
     max_future_us: int
     device_id: str | None = None  # from the URL path or the MQTT topic, when there is one
+    out_of_range: str = "reject"  # or "flag": accept a value outside its type's range, and count it
 
 
 class Format(Protocol):
@@ -37,9 +38,9 @@ class Format(Protocol):
 
 
 def _formats() -> tuple[Format, ...]:
-    from fleetstream.ingest.formats import canonical, envelope, typed
+    from fleetstream.ingest.formats import canonical, envelope, host, tracker, typed
 
-    return (envelope.FORMAT, typed.FORMAT, canonical.FORMAT)
+    return (envelope.FORMAT, typed.FORMAT, host.FORMAT, tracker.FORMAT, canonical.FORMAT)
 
 
 FORMATS: tuple[Format, ...] = _formats()
