@@ -169,3 +169,11 @@ def test_every_built_in_type_has_a_range_and_unit_per_sensor() -> None:
 )
 def test_names_ignore_case_spaces_and_underscores(name: str) -> None:
     assert by_tag(name) is BUILT_IN["Heart Rate Meter"]
+
+
+def test_flag_mode_counts_in_a_batch_of_one_type_and_sensor() -> None:
+    items = [
+        {"device_id": "a", "timestamp": T, "heart_rate": v, "tag": "HeartRateMeter"} for v in (10, 60, 301)
+    ]
+    out = decode(items, FLAG)
+    assert (len(out.messages), out.flagged) == (3, 2)
