@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import fastjsonschema
 import pytest
@@ -140,3 +141,87 @@ def test_flag_mode_accepts_and_counts(start: Callable[..., ServerProcess]) -> No
 def _twin_with(srv: ServerProcess, device: str, sensor: str) -> dict[str, object] | None:
     status, twin = srv.call("GET", f"/api/v1/devices/{device}")
     return twin if status == 200 and sensor in twin.get("sensors", {}) else None
+
+
+SOIL = {
+    "name": "Soil Probe",
+    "schema": {
+        "type": "object",
+        "properties": {
+            "moisture": {"type": "number", "minimum": 0, "maximum": 100},
+            "ph": {"type": "number"},
+        },
+        "required": ["moisture"],
+    },
+    "units": {"moisture": "%", "ph": "pH"},
+    "ranges": {"ph": [0, 14]},
+}
+
+
+def test_register_a_type_validate_its_messages_and_version_it(
+    start: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    srv = start(data=data)
+    status, body = srv.call("POST", "/api/v1/device-types", SOIL)
+    assert status == 201
+    assert (body["name"], body["version"], body["versions"], body["builtin"]) == ("Soil Probe", 1, [1], False)
+    assert body["sensors"] == {
+        "moisture": {"unit": "%", "range": None},
+        "ph": {"unit": "pH", "range": [0.0, 14.0]},
+    }
+    assert srv.call("POST", "/api/v1/device-types", SOIL)[0] == 200  # the same again: no new version
+    assert srv.call("GET", "/api/v1/device-types/soil_probe/schema") == (200, SOIL["schema"])
+    _, listing = srv.call("GET", "/api/v1/device-types")
+    assert [t["name"] for t in listing["device_types"]] == [*BUILT_IN, "Soil Probe"]
+
+    batch = [
+        {"device_id": "sp-1", "timestamp": at(0), "tag": "Soil Probe", "moisture": 31.5, "ph": 6.5},
+        {"device_id": "sp-1", "timestamp": at(1), "tag": "Soil Probe", "moisture": 130},
+        {"device_id": "sp-1", "timestamp": at(2), "device_type": "SoilProbe", "moisture": 20, "ph": 20},
+    ]
+    assert srv.call("POST", "/api/v1/telemetry", batch) == (
+        202,
+        {
+            "accepted": 1,
+            "rejected": [
+                {
+                    "index": 1,
+                    "error": "schema: Soil Probe v1: data.moisture must be smaller than or equal to 100",
+                },
+                {"index": 2, "error": "ph: 20 is outside the Soil Probe range 0..14 pH"},
+            ],
+        },
+    )
+    twin = wait_for(lambda: _twin_with(srv, "sp-1", "ph"))
+    assert (twin["device_type"], twin["sensors"]["moisture"]["value"]) == ("Soil Probe", 31.5)
+
+    narrower = {**SOIL, "ranges": {"ph": [4, 9]}}
+    status, body = srv.call("POST", "/api/v1/device-types", narrower)
+    assert status == 409
+    assert body["error"]["code"] == "incompatible_schema"
+    assert body["error"]["details"] == {
+        "version": 1,
+        "changes": ["range of 'ph' narrowed from 0..14 to 4..9"],
+    }
+    status, body = srv.call("POST", "/api/v1/device-types?force=true", narrower)
+    assert (status, body["version"], body["versions"]) == (201, 2, [1, 2])
+
+    srv.stop()
+    again = start(data=data)
+    _, body = again.call("GET", "/api/v1/device-types/SoilProbe")
+    assert (body["version"], body["sensors"]["ph"]["range"]) == (2, [4.0, 9.0])
+    ok = {"device_id": "sp-2", "timestamp": at(3), "tag": "Soil Probe", "moisture": 3, "ph": 10}
+    assert again.call("POST", "/api/v1/telemetry", ok)[1]["rejected"] == [
+        {"index": 0, "error": "ph: 10 is outside the Soil Probe range 4..9 pH"}
+    ]
+
+
+def test_bad_registration_is_400_naming_the_field(shared_server: ServerProcess) -> None:
+    status, body = shared_server.call("POST", "/api/v1/device-types", {**SOIL, "name": "Barometer"})
+    assert status == 400
+    assert body["error"]["message"] == "name: 'Barometer' is a built-in device type"
+    status, body = shared_server.call(
+        "POST", "/api/v1/device-types", raw=b"{", content_type="application/json"
+    )
+    assert (status, body["error"]["code"]) == (400, "malformed_body")

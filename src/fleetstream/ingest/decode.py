@@ -20,10 +20,12 @@ from fleetstream.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from fleetstream.ingest.devicetypes import range_of
 from fleetstream.ingest.fastpath import decode_fast
 from fleetstream.ingest.fields import shown
 from fleetstream.ingest.formats import FORMATS, DecodeContext, Format
 from fleetstream.ingest.ranges import count_message, count_out_of_range, out_of_range_error
+from fleetstream.ingest.typeregistry import decode_user
 
 BodyKind = Literal["json", "ndjson"]
 
@@ -165,22 +167,27 @@ def _decode_item(
     if not isinstance(item, dict):
         out.rejected.append({"index": index, "error": f"expected a JSON object, got {shown(item)}"})
         return
-    fmt = _format_of(item)
-    if fmt is None:
-        out.rejected.append({"index": index, "error": _UNRECOGNISED})
-        return
+    user = ctx.user_types.match(item) if ctx.user_types else None
     try:
-        message = fmt.decode(item, ctx)
+        if user is not None:
+            message = decode_user(item, ctx, *user)
+        else:
+            fmt = _format_of(item)
+            if fmt is None:
+                out.rejected.append({"index": index, "error": _UNRECOGNISED})
+                return
+            message = fmt.decode(item, ctx)
     except FleetstreamError as exc:
         out.rejected.append({"index": index, "error": exc.message})
         return
+    bounds_of = range_of if user is None else user[0].bounds_of
     if ctx.out_of_range == "reject":
-        error = out_of_range_error(message)
+        error = out_of_range_error(message, bounds_of)
         if error is not None:
             out.rejected.append({"index": index, "error": error})
             return
     else:
-        out.flagged += count_message(message)
+        out.flagged += count_message(message, bounds_of)
     messages.append(message)
 
 

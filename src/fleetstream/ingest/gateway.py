@@ -10,6 +10,7 @@ from fleetstream.domain.clock import Clock
 from fleetstream.errors import InvalidReading, PayloadTooLarge
 from fleetstream.ingest.decode import body_kind, decode_body
 from fleetstream.ingest.formats import DecodeContext
+from fleetstream.ingest.typeregistry import UserTypes
 from fleetstream.ports import READINGS_TOPIC, Bus
 
 
@@ -38,6 +39,7 @@ class Gateway:
         self.accepted_total = 0
         self.rejected_total = 0
         self.out_of_range_total = 0
+        self.user_types: UserTypes | None = None  # device types registered through the API
 
     async def ingest(
         self, body: bytes, content_type: str | None, device_id: str | None = None
@@ -58,6 +60,7 @@ class Gateway:
             round(self.settings.max_future_s * 1_000_000),
             device_id=device_id,
             out_of_range=self.settings.out_of_range,
+            user_types=self.user_types,
         )
         decoded = decode_body(body, kind, ctx, self.settings.max_batch_items)
         self.rejected_total += len(decoded.rejected)

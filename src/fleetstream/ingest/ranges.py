@@ -7,6 +7,7 @@ without ranges (``Sensor``) costs one dictionary miss per distinct
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from fleetstream.domain.batch import Batch
@@ -14,6 +15,7 @@ from fleetstream.domain.records import DeviceMessage
 from fleetstream.ingest.devicetypes import RANGES, Range, range_of
 
 OutOfRange = Literal["reject", "flag"]
+BoundsOf = Callable[[str, str], Range | None]  # (device type, sensor) → valid range
 _RANGED_TYPES = frozenset(device_type for device_type, _ in RANGES)
 
 
@@ -21,7 +23,7 @@ def _g(x: float) -> str:
     return f"{x:g}"
 
 
-def out_of_range_error(message: DeviceMessage) -> str | None:
+def out_of_range_error(message: DeviceMessage, bounds_of: BoundsOf = range_of) -> str | None:
     """The error for the first reading of a message outside its range, or ``None``.
 
     >>> from fleetstream.domain.records import Reading
@@ -30,7 +32,7 @@ def out_of_range_error(message: DeviceMessage) -> str | None:
     'temperature: 900 is outside the Thermostat range -50..100 °C'
     """
     for reading in message.readings:
-        bounds = range_of(reading.device_type, reading.sensor)
+        bounds = bounds_of(reading.device_type, reading.sensor)
         if bounds is not None and not bounds[0] <= reading.value <= bounds[1]:
             unit = f" {reading.unit}" if reading.unit else ""
             return (
@@ -72,11 +74,11 @@ def count_out_of_range(batch: Batch) -> int:
     return count
 
 
-def count_message(message: DeviceMessage) -> int:
+def count_message(message: DeviceMessage, bounds_of: BoundsOf = range_of) -> int:
     """How many readings of one message lie outside their type's range."""
     count = 0
     for reading in message.readings:
-        bounds = range_of(reading.device_type, reading.sensor)
+        bounds = bounds_of(reading.device_type, reading.sensor)
         if bounds is not None and not bounds[0] <= reading.value <= bounds[1]:
             count += 1
     return count

@@ -7,9 +7,12 @@ Adding a format is one module with a :class:`Format` object, listed in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetstream.domain.records import DeviceMessage
+
+if TYPE_CHECKING:
+    from fleetstream.ingest.typeregistry import UserTypes
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +23,7 @@ class DecodeContext:
     max_future_us: int
     device_id: str | None = None  # from the URL path or the MQTT topic, when there is one
     out_of_range: str = "reject"  # or "flag": accept a value outside its type's range, and count it
+    user_types: UserTypes | None = None  # device types registered through the API
 
 
 class Format(Protocol):
