@@ -6,6 +6,8 @@ import json
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetstream.ingest.decode import Decoded, decode_body
 from fleetstream.ingest.devicetypes import BUILT_IN, by_tag, range_of
@@ -177,3 +179,24 @@ def test_flag_mode_counts_in_a_batch_of_one_type_and_sensor() -> None:
     ]
     out = decode(items, FLAG)
     assert (len(out.messages), out.flagged) == (3, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-200, 400, allow_nan=False), min_size=1, max_size=20),
+    st.sampled_from(["Thermostat", "Heart Rate Meter"]),
+    st.sampled_from(["reject", "flag"]),
+)
+def test_both_paths_apply_the_range_alike(values: list[float], tag: str, mode: str) -> None:
+    sensor, (low, high) = ("temperature", (-50, 100)) if tag == "Thermostat" else ("heart_rate", (20, 300))
+    items = [{"device_id": "p", "timestamp": T, sensor: v, "tag": tag} for v in values]
+    outside = [i for i, v in enumerate(values) if not low <= v <= high]
+    ctx = replace(CTX, out_of_range=mode)
+    for fast in (True, False):
+        out = decode(items, ctx, fast=fast)
+        if mode == "reject":
+            assert [r["index"] for r in out.rejected] == outside
+            assert [m.readings[0].value for m in out.messages] == [v for v in values if low <= v <= high]
+        else:
+            assert (out.rejected, out.flagged) == ([], len(outside))
+            assert [m.readings[0].value for m in out.messages] == values
