@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import (
@@ -42,6 +42,10 @@ class IngestSettings(_Group):
         200_000, gt=0, description="readings waiting to be made durable before 503"
     )
     ack_timeout_s: float = Field(30.0, gt=0, description="longest wait for durability before 503")
+    out_of_range: Literal["reject", "flag"] = Field(
+        "reject",
+        description="value outside its type's valid range: reject the message, or accept and count it",
+    )
 
 
 class EngineSettings(_Group):

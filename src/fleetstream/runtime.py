@@ -11,6 +11,8 @@ from fleetstream.domain.clock import Clock, SystemClock
 from fleetstream.engine.fanout import Hub
 from fleetstream.engine.pipeline import Engine
 from fleetstream.ingest.gateway import Gateway
+from fleetstream.ingest.typeregistry import FILE_NAME as DEVICE_TYPES_FILE
+from fleetstream.ingest.typeregistry import UserTypes
 from fleetstream.ports import Bus, Source, Store
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Runtime:
         self.hub = Hub(self.clock.monotonic)
         self.engine = Engine(self.bus, self.store, self.hub, self.clock, settings.engine, settings.stream)
         self.gateway = Gateway(self.bus, self.clock, settings.ingest)
+        self.device_types = UserTypes(settings.data / DEVICE_TYPES_FILE)
+        self.gateway.user_types = self.device_types
         self.extras: list[Startable] = []
         self.sources: dict[str, Source] = {}
         self.started = False

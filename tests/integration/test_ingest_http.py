@@ -134,12 +134,11 @@ def test_ndjson_bad_line_costs_only_itself(shared_server: ServerProcess, dev: st
 def test_typed_device_messages(
     shared_server: ServerProcess, dev: str, tag: str, sensor: str, device_type: str
 ) -> None:
-    batch = [
-        {"device_id": dev, "timestamp": at(i), sensor: v, "tag": tag} for i, v in enumerate([60.0, 72.5])
-    ]
+    values = [1010.0, 1022.5] if sensor == "pressure" else [60.0, 72.5]  # inside each type's range
+    batch = [{"device_id": dev, "timestamp": at(i), sensor: v, "tag": tag} for i, v in enumerate(values)]
 
     assert shared_server.call("POST", "/api/v1/telemetry", batch) == (202, _ok(2))
-    assert metrics(shared_server, dev) == {sensor: _stats([60.0, 72.5])}
+    assert metrics(shared_server, dev) == {sensor: _stats(values)}
 
 
 def test_event_envelopes(shared_server: ServerProcess, dev: str) -> None:

@@ -294,7 +294,7 @@ def compute_data(shared_server: ServerProcess) -> dict[str, list[float]]:
     ]
     # Just outside [10:00:00, 10:10:00]: never counted.
     for t in (COMPUTE_DAY - timedelta(microseconds=1), COMPUTE_DAY + timedelta(minutes=10, microseconds=1)):
-        batch.append({"device_id": "cm-x", "timestamp": iso(t), "temperature": 1000.0, "tag": "Thermostat"})
+        batch.append({"device_id": "cm-x", "timestamp": iso(t), "temperature": 95.0, "tag": "Thermostat"})
     assert shared_server.call("POST", "/api/v1/telemetry", batch)[0] == 202
     return {"temperature": temperatures, "heart_rate": heart}
 

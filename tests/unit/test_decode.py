@@ -55,10 +55,11 @@ def test_ts_synonym_epoch_millis_and_seconds() -> None:
     ],
 )
 def test_typed_messages(tag: str, sensor: str, unit: str, type_name: str) -> None:
-    out = decode({"device_id": "2", "timestamp": T, sensor: 60.5, "tag": tag})
+    value = 1013.25 if sensor == "pressure" else 60.5  # inside every type's valid range
+    out = decode({"device_id": "2", "timestamp": T, sensor: value, "tag": tag})
     (m,) = out.messages
     assert [(r.sensor, r.value, r.unit, r.device_type) for r in m.readings] == [
-        (sensor, 60.5, unit, type_name)
+        (sensor, value, unit, type_name)
     ]
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 from fleetstream import __version__
 from fleetstream.api import errors
 from fleetstream.api.fastlane import IngestFastLane
-from fleetstream.api.routes import deadletters, devices, ingest, live, ops, query, windows
+from fleetstream.api.routes import deadletters, devices, devicetypes, ingest, live, ops, query, windows
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock
 from fleetstream.ports import Bus, Store
@@ -68,7 +68,7 @@ def create_app(
     app.state.runtime = rt
     errors.install(app)
     app.add_middleware(IngestFastLane, runtime=rt)
-    for module in (ingest, deadletters, query, windows, devices, live, ops):
+    for module in (ingest, deadletters, query, windows, devices, devicetypes, live, ops):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -20,9 +20,12 @@ from fleetstream.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from fleetstream.ingest.devicetypes import range_of
 from fleetstream.ingest.fastpath import decode_fast
 from fleetstream.ingest.fields import shown
 from fleetstream.ingest.formats import FORMATS, DecodeContext, Format
+from fleetstream.ingest.ranges import count_message, count_out_of_range, out_of_range_error
+from fleetstream.ingest.typeregistry import decode_user
 
 BodyKind = Literal["json", "ndjson"]
 
@@ -49,6 +52,7 @@ class Decoded:
     batch: Batch = field(default_factory=Batch)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     items: int = 0
+    flagged: int = 0  # readings accepted outside their type's range (out_of_range="flag")
 
     @property
     def messages(self) -> list[DeviceMessage]:
@@ -102,7 +106,7 @@ def decode_body(
             if fast
             else None
         )
-        if quick is not None:
+        if quick is not None and _in_range(quick, ctx, out):
             out.batch, out.items = quick, quick.messages_count
             return out
         out.items = len(lines)
@@ -119,7 +123,7 @@ def decode_body(
         out.batch = Batch.from_messages(messages)
         return out
     quick = decode_fast(body, ctx, max_items) if fast else None
-    if quick is not None:
+    if quick is not None and _in_range(quick, ctx, out):
         out.batch, out.items = quick, quick.messages_count
         return out
     if not body.strip():
@@ -163,14 +167,37 @@ def _decode_item(
     if not isinstance(item, dict):
         out.rejected.append({"index": index, "error": f"expected a JSON object, got {shown(item)}"})
         return
-    fmt = _format_of(item)
-    if fmt is None:
-        out.rejected.append({"index": index, "error": _UNRECOGNISED})
-        return
+    user = ctx.user_types.match(item) if ctx.user_types else None
     try:
-        messages.append(fmt.decode(item, ctx))
+        if user is not None:
+            message = decode_user(item, ctx, *user)
+        else:
+            fmt = _format_of(item)
+            if fmt is None:
+                out.rejected.append({"index": index, "error": _UNRECOGNISED})
+                return
+            message = fmt.decode(item, ctx)
     except FleetstreamError as exc:
         out.rejected.append({"index": index, "error": exc.message})
+        return
+    bounds_of = range_of if user is None else user[0].bounds_of
+    if ctx.out_of_range == "reject":
+        error = out_of_range_error(message, bounds_of)
+        if error is not None:
+            out.rejected.append({"index": index, "error": error})
+            return
+    else:
+        out.flagged += count_message(message, bounds_of)
+    messages.append(message)
+
+
+def _in_range(batch: Batch, ctx: DecodeContext, out: Decoded) -> bool:
+    """Whether a fast-path batch may stand: with a value out of range, the general path words it."""
+    outside = count_out_of_range(batch)
+    if outside and ctx.out_of_range == "reject":
+        return False
+    out.flagged = outside
+    return True
 
 
 def _format_of(item: dict[str, Any]) -> Format | None:

@@ -10,6 +10,7 @@ from fleetstream.domain.clock import Clock
 from fleetstream.errors import InvalidReading, PayloadTooLarge
 from fleetstream.ingest.decode import body_kind, decode_body
 from fleetstream.ingest.formats import DecodeContext
+from fleetstream.ingest.typeregistry import UserTypes
 from fleetstream.ports import READINGS_TOPIC, Bus
 
 
@@ -37,6 +38,8 @@ class Gateway:
         self.requests_total = 0
         self.accepted_total = 0
         self.rejected_total = 0
+        self.out_of_range_total = 0
+        self.user_types: UserTypes | None = None  # device types registered through the API
 
     async def ingest(
         self, body: bytes, content_type: str | None, device_id: str | None = None
@@ -53,7 +56,11 @@ class Gateway:
             raise PayloadTooLarge(msg)
         kind = body_kind(content_type)
         ctx = DecodeContext(
-            self.clock.now_us(), round(self.settings.max_future_s * 1_000_000), device_id=device_id
+            self.clock.now_us(),
+            round(self.settings.max_future_s * 1_000_000),
+            device_id=device_id,
+            out_of_range=self.settings.out_of_range,
+            user_types=self.user_types,
         )
         decoded = decode_body(body, kind, ctx, self.settings.max_batch_items)
         self.rejected_total += len(decoded.rejected)
@@ -61,6 +68,7 @@ class Gateway:
         if batch.records:
             await self.bus.publish(READINGS_TOPIC, batch)
             self.accepted_total += batch.messages_count
+            self.out_of_range_total += decoded.flagged
         return IngestResult(
             accepted=batch.messages_count,
             readings=len(batch),

@@ -57,11 +57,13 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
     values["queue_pending"] = getattr(runtime.bus, "pending", lambda _t: 0)("readings")
     values["live_subscribers"] = len(runtime.hub)
     values["live_dropped_total"] = runtime.hub.dropped_total
+    values["out_of_range_total"] = runtime.gateway.out_of_range_total
     help_ = {
         **_HELP,
         "queue_pending": ("gauge", "Readings accepted and waiting to be made durable."),
         "live_subscribers": ("gauge", "Open live streams."),
         "live_dropped_total": ("counter", "Live streams dropped for stalling."),
+        "out_of_range_total": ("counter", "Readings accepted outside their device type's range (flag mode)."),
     }
     late_lines = [
         f'fleetstream_late_readings_total{{sensor="{_label(sensor)}"}} {n}'

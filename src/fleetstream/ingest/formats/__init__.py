@@ -7,9 +7,12 @@ Adding a format is one module with a :class:`Format` object, listed in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetstream.domain.records import DeviceMessage
+
+if TYPE_CHECKING:
+    from fleetstream.ingest.typeregistry import UserTypes
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,8 @@ class DecodeContext:
     received_at: int
     max_future_us: int
     device_id: str | None = None  # from the URL path or the MQTT topic, when there is one
+    out_of_range: str = "reject"  # or "flag": accept a value outside its type's range, and count it
+    user_types: UserTypes | None = None  # device types registered through the API
 
 
 class Format(Protocol):
@@ -37,9 +42,9 @@ class Format(Protocol):
 
 
 def _formats() -> tuple[Format, ...]:
-    from fleetstream.ingest.formats import canonical, envelope, typed
+    from fleetstream.ingest.formats import canonical, envelope, host, tracker, typed
 
-    return (envelope.FORMAT, typed.FORMAT, canonical.FORMAT)
+    return (envelope.FORMAT, typed.FORMAT, host.FORMAT, tracker.FORMAT, canonical.FORMAT)
 
 
 FORMATS: tuple[Format, ...] = _formats()
