@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -134,21 +136,27 @@ def test_messages_in_every_format_are_stored_exactly_once(
     assert rows == [(27,)]
 
 
-def test_the_seeds_tagged_events_are_stored_with_the_key_as_device(
-    module_tansu: Tansu, start: Callable[..., ServerProcess], topic: str, producer: Producer
+def test_the_seeds_tagged_events_take_the_message_time_and_the_key_as_device(
+    module_tansu: Tansu, start: Callable[..., ServerProcess], topic: str, producer: Producer, dev: str
 ) -> None:
     srv = start("--kafka-source", module_tansu.url(topic))
-    producer.send(topic, {"id": 7, "event": "Startup"}, key="7")
-    producer.send(topic, {"id": 7, "event": {"Heartbeat": {"cpu_usage": 79.1, "mem_usage": 10.7}}}, key="7")
-    producer.send(topic, {"id": 7, "event": {"Temperature": {"temp": 21.5}}}, key="7")
-    producer.send(topic, {"event": {"Temperature": {"temp": 22.5}}}, key="7")  # id from the key
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    producer.send(topic, {"id": dev, "event": "Startup"}, key=dev)
+    producer.send(topic, {"id": dev, "event": {"Heartbeat": {"cpu_usage": 79.1, "mem_usage": 10.7}}}, key=dev)
+    producer.send(topic, {"id": dev, "event": {"Temperature": {"temp": 21.5}}}, key=dev)
     producer.flush()
+    time.sleep(0.01)  # a later message time: one sensor's two values in one millisecond are one reading
+    producer.send(topic, {"event": {"Temperature": {"temp": 22.5}}}, key=dev)  # the id from the key
+    producer.flush()
+    window = {"start": before, "end": datetime.now(UTC) + timedelta(seconds=1), "agg": "count,sum"}
 
-    wait_for(lambda: count_of(srv, "7") == 2, timeout=20)
-    got = srv.call("GET", "/api/v1/metrics?device_id=7&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z")[1]
-    assert got["metrics"]["temperature"]["sum"] == 44.0
-    assert got["metrics"]["cpu_usage"]["count"] == 1
-    assert got["metrics"]["mem_usage"]["max"] == 10.7
+    wait_for(lambda: metrics(srv, dev, **window).get("temperature", {}).get("count") == 2, timeout=20)
+    assert metrics(srv, dev, **window) == {
+        "temperature": {"count": 2, "sum": 44.0},
+        "cpu_usage": {"count": 1, "sum": 79.1},
+        "mem_usage": {"count": 1, "sum": 10.7},
+    }
+    assert kafka_status(srv)["dead_letters"] == 0
 
 
 def test_a_bad_message_is_dead_lettered_and_the_next_good_one_stored(

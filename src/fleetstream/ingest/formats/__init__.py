@@ -37,9 +37,9 @@ class Format(Protocol):
 
 
 def _formats() -> tuple[Format, ...]:
-    from fleetstream.ingest.formats import canonical, envelope, typed
+    from fleetstream.ingest.formats import canonical, envelope, tagged, typed
 
-    return (envelope.FORMAT, typed.FORMAT, canonical.FORMAT)
+    return (envelope.FORMAT, tagged.FORMAT, typed.FORMAT, canonical.FORMAT)
 
 
 FORMATS: tuple[Format, ...] = _formats()
