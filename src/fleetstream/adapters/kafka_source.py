@@ -84,6 +84,8 @@ class KafkaSource:
             # A group join waits up to half the session timeout on some brokers (Tansu): keep it short.
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 500,
+            # A topic created after the subscription (by the first producer) is seen within seconds.
+            "topic.metadata.refresh.interval.ms": 5000,
             "error_cb": self._on_error,
             **(config or {}),
         }

@@ -61,7 +61,8 @@ class Gateway:
         kind = body_kind(content_type)
         ctx = DecodeContext(
             received_at if received_at is not None else self.clock.now_us(),
-            round(self.settings.max_future_s * 1_000_000), device_id=device_id
+            round(self.settings.max_future_s * 1_000_000),
+            device_id=device_id,
         )
         decoded = decode_body(body, kind, ctx, self.settings.max_batch_items)
         self.rejected_total += len(decoded.rejected)
