@@ -67,7 +67,7 @@ class KafkaSource:
         *,
         intake: Intake,
         batch_size: int = 500,
-        workers: int = 32,
+        workers: int = 500,
         config: dict[str, Any] | None = None,
         stop_timeout_s: float = 10.0,
     ) -> None:
