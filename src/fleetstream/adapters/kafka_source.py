@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -87,6 +88,9 @@ class KafkaSource:
             # A topic created after the subscription (by the first producer) is seen within seconds.
             "topic.metadata.refresh.interval.ms": 5000,
             "error_cb": self._on_error,
+            # librdkafka says when a broker goes down (error_cb), not when it is back: its statistics do.
+            "statistics.interval.ms": 2000,
+            "stats_cb": self._on_stats,
             **(config or {}),
         }
         self.connected = False
@@ -264,6 +268,18 @@ class KafkaSource:
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self.connected = False
         self._set_error(error.str())
+
+    def _on_stats(self, text: str) -> None:
+        try:
+            brokers = json.loads(text).get("brokers", {}).values()
+        except (ValueError, AttributeError):
+            return
+        # the bootstrap entry stays down once the real broker connections are made: judge by those
+        states = [b.get("state") for b in brokers if b.get("nodeid", -1) >= 0]
+        up = any(state == "UP" for state in states)
+        if up and not self.connected and self.partitions:
+            self.last_error = None
+        self.connected = up and bool(self.partitions)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.partitions = sorted({*self.partitions, *(p.partition for p in partitions)})
