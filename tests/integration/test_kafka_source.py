@@ -214,3 +214,21 @@ def test_a_kill_mid_stream_loses_nothing_and_stores_nothing_twice(
         [f"{dev}-%"],
     )
     assert rows == [(total, total, 0.0, float(total - 1))]
+
+
+def test_back_pressure_delays_commits_and_loses_nothing(
+    module_tansu: Tansu, start: Callable[..., ServerProcess], topic: str, producer: Producer, dev: str
+) -> None:
+    # A queue of 2 readings: the messages of a polled batch are refused (Overloaded) and must wait.
+    limits = {"FLEETSTREAM_INGEST__QUEUE_MAX_RECORDS": "2", "FLEETSTREAM_INGEST__MAX_BATCH_ITEMS": "2"}
+    srv = start("--kafka-source", module_tansu.url(topic), env=limits)
+    total = 100
+    for i in range(total):
+        producer.send(topic, reading(dev, i, float(i)), key=dev)
+    producer.flush()
+
+    wait_for(lambda: count_of(srv, dev) == total, timeout=30)
+    status = wait_for(lambda: (s := kafka_status(srv))["messages_committed"] == total and s)
+    assert status["retries"] > 0
+    assert (status["messages_received"], status["dead_letters"]) == (total, 0)
+    assert metrics(srv, dev, agg="count,sum")["temperature"] == {"count": total, "sum": sum(range(total))}
