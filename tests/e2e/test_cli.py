@@ -355,9 +355,13 @@ def test_up_with_mqtt_stores_what_mosquitto_pub_sends(up: Any, mosquitto: Mosqui
             ["--mqtt", "mqtt://127.0.0.1", "--mqtt-topic", "devices/+x/telemetry"],
             "error: invalid MQTT topic filter 'devices/+x/telemetry': '+' must be a whole level",
         ),
+        (
+            ["--kafka-source", "127.0.0.1:9092"],
+            "error: invalid Kafka URL '127.0.0.1:9092': expected kafka://host[:port][/topic][?group=NAME]",
+        ),
     ],
 )
-def test_a_bad_mqtt_option_exits_2_with_the_reason(args: list[str], message: str) -> None:
+def test_a_bad_mqtt_or_kafka_option_exits_2_with_the_reason(args: list[str], message: str) -> None:
     result = _run("up", "--no-table", "--no-simulator", "--port", str(_free_port()), *args)
 
     assert result.returncode == 2, result.stdout + result.stderr

@@ -120,12 +120,16 @@ class _Refusing:
         self.calls = 0
 
     async def ingest(
-        self, body: bytes, content_type: str | None, device_id: str | None = None
+        self,
+        body: bytes,
+        content_type: str | None,
+        device_id: str | None = None,
+        received_at: int | None = None,
     ) -> IngestResult:
         self.calls += 1
         if self.refusals:
             raise self.refusals.pop(0)
-        return await self.gateway.ingest(body, content_type, device_id)
+        return await self.gateway.ingest(body, content_type, device_id, received_at)
 
 
 def test_back_pressure_is_retried_after_a_pause_then_stored() -> None:

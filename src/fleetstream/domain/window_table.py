@@ -222,6 +222,8 @@ class WindowTable:
             S.key[s] = k
 
     def _remember_newest(self, line: np.ndarray, u: np.ndarray, slot: np.ndarray) -> None:
+        if not len(line):  # a snapshot taken while no window was open
+            return
         order = np.lexsort((u, line))
         line, u, slot = line[order], u[order], slot[order]
         last = np.flatnonzero(np.concatenate((line[1:] != line[:-1], [True])))

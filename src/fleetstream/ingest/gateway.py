@@ -42,9 +42,16 @@ class Gateway:
         self.user_types: UserTypes | None = None  # device types registered through the API
 
     async def ingest(
-        self, body: bytes, content_type: str | None, device_id: str | None = None
+        self,
+        body: bytes,
+        content_type: str | None,
+        device_id: str | None = None,
+        received_at: int | None = None,
     ) -> IngestResult:
         """Ingest one body; returns once every accepted message is durable.
+
+        ``received_at`` (µs) replaces the clock's receive time, for a source whose log keeps it
+        (a Kafka message's timestamp): a redelivery then decodes exactly as the first delivery.
 
         Raises:
             UnsupportedMediaType, MalformedBody, PayloadTooLarge: the body as a whole is unusable.
@@ -56,7 +63,7 @@ class Gateway:
             raise PayloadTooLarge(msg)
         kind = body_kind(content_type)
         ctx = DecodeContext(
-            self.clock.now_us(),
+            received_at if received_at is not None else self.clock.now_us(),
             round(self.settings.max_future_s * 1_000_000),
             device_id=device_id,
             out_of_range=self.settings.out_of_range,

@@ -52,18 +52,24 @@ class Intake:
         self._warned_at = -_WARN_EVERY_S
 
     async def take(
-        self, payload: bytes, topic: str | None, device_id: str | None, stop: asyncio.Event
+        self,
+        payload: bytes,
+        topic: str | None,
+        device_id: str | None,
+        stop: asyncio.Event,
+        received_at: int | None = None,
     ) -> bool:
         """Ingest one payload; True once the sender may be acknowledged, False if ``stop`` came first.
 
         ``device_id`` (from the topic) fills messages that carry none; one they carry must match it.
         Transient failures (Overloaded, BusUnavailable, StoreError) are retried with a growing pause
-        (capped by the error's ``retry_after``, at most 5 s); nothing else is raised.
+        (capped by the error's ``retry_after``, at most 5 s); nothing else is raised. ``received_at``
+        is the message's receive time when the source keeps one (see :meth:`Gateway.ingest`).
         """
         attempt = 0
         while True:
             try:
-                letter = await self._ingest(payload, topic, device_id)
+                letter = await self._ingest(payload, topic, device_id, received_at)
                 if letter is not None:
                     await self.store.write_dead_letters([letter])
                     self.dead_letters_total += 1
@@ -81,14 +87,16 @@ class Intake:
                     continue
                 return False
 
-    async def _ingest(self, payload: bytes, topic: str | None, device_id: str | None) -> DeadLetter | None:
+    async def _ingest(
+        self, payload: bytes, topic: str | None, device_id: str | None, received_at: int | None = None
+    ) -> DeadLetter | None:
         """The dead letter of this payload, or None when all of it was ingested (and is durable)."""
         if device_id is not None and not is_valid_device_id(device_id):
             return self._letter(
                 topic, payload, f"topic level {device_id!r} is not a valid device id ({DEVICE_ID_RULE})"
             )
         try:
-            result = await self._decode_and_publish(payload, device_id)
+            result = await self._decode_and_publish(payload, device_id, received_at)
         except InvalidInput as exc:
             return self._letter(topic, payload, exc.message)
         except FleetstreamError:
@@ -105,15 +113,17 @@ class Intake:
             return self._letter(topic, payload, reason, result.rejected)
         return None
 
-    async def _decode_and_publish(self, payload: bytes, device_id: str | None) -> IngestResult:
+    async def _decode_and_publish(
+        self, payload: bytes, device_id: str | None, received_at: int | None = None
+    ) -> IngestResult:
         # MQTT 3.1.1 carries no content type: JSON first, then NDJSON for several lines that are not
         # one JSON document (nothing is published when JSON decoding fails, so trying twice is safe).
         try:
-            return await self.gateway.ingest(payload, "application/json", device_id)
+            return await self.gateway.ingest(payload, "application/json", device_id, received_at)
         except MalformedBody:
             if sum(1 for line in payload.split(b"\n") if line.strip()) < 2:
                 raise
-        return await self.gateway.ingest(payload, "application/x-ndjson", device_id)
+        return await self.gateway.ingest(payload, "application/x-ndjson", device_id, received_at)
 
     def _letter(
         self, topic: str | None, payload: bytes, reason: str, errors: list[dict[str, Any]] | None = None

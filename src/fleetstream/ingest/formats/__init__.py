@@ -42,9 +42,9 @@ class Format(Protocol):
 
 
 def _formats() -> tuple[Format, ...]:
-    from fleetstream.ingest.formats import canonical, envelope, host, tracker, typed
+    from fleetstream.ingest.formats import canonical, envelope, host, tagged, tracker, typed
 
-    return (envelope.FORMAT, typed.FORMAT, host.FORMAT, tracker.FORMAT, canonical.FORMAT)
+    return (envelope.FORMAT, tagged.FORMAT, typed.FORMAT, host.FORMAT, tracker.FORMAT, canonical.FORMAT)
 
 
 FORMATS: tuple[Format, ...] = _formats()
