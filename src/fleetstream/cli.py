@@ -303,8 +303,9 @@ def simulate(
         str | None,
         typer.Option(
             envvar="FLEETSTREAM_SIM_TARGET",
-            help="where to send: http://host:port, mqtt://host:port[/prefix] or kafka://host:port[/topic]"
-            " (default: mqtt from MQTT_HOST/MQTT_PORT/MQTT_TOPIC if set, else http://127.0.0.1:8000)",
+            help="where to send: http://host:port, mqtt://host:port/prefix or kafka://host:port/topic"
+            " (prefix and topic optional; default: mqtt from MQTT_HOST, MQTT_PORT, MQTT_TOPIC if set,"
+            " else http://127.0.0.1:8000)",
         ),
     ] = None,
     devices: Annotated[int, typer.Option(envvar="FLEETSTREAM_SIM_DEVICES", help="simulated devices")] = 100,

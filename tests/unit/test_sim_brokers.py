@@ -45,3 +45,13 @@ def test_the_flask_simulators_variables_make_an_mqtt_target() -> None:
 def test_a_batch_is_grouped_by_device_in_order() -> None:
     batch = [{"device_id": "a", "seq": 0}, {"device_id": "b", "seq": 0}, {"device_id": "a", "seq": 1}]
     assert by_device(batch) == {"a": [batch[0], batch[2]], "b": [batch[1]]}
+
+
+def test_simulate_help_renders() -> None:
+    from typer.testing import CliRunner
+
+    from fleetstream.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "mqtt://host:port/prefix" in result.output

@@ -141,9 +141,10 @@ class MqttTransport:
     """Publishes a batch as one QoS 1 message (a JSON array) per device; done when every PUBACK came.
 
     paho's network loop runs on its own thread and reconnects by itself. A batch
-    whose PUBACKs do not all arrive within ``timeout_s`` (the broker is down, the
-    connection dropped) is published again after a backoff, ``max_retries`` times,
-    then raises :class:`DeliveryFailed`, which the simulator counts as errors.
+    whose PUBACKs do not all arrive within ``timeout_s`` (the connection dropped), or
+    that finds no connection within ``connect_wait_s`` (the broker is down), is
+    published again after a backoff, ``max_retries`` times, then raises
+    :class:`DeliveryFailed`, which the simulator counts as errors.
 
     Args:
         target: ``mqtt://host[:port][/topic-prefix][?keepalive=S&client_id=NAME]``.
@@ -151,6 +152,7 @@ class MqttTransport:
         max_retries: re-publications of a batch before it fails.
         backoff_s: first pause before a retry; doubles each time (with jitter).
         max_wait_s: longest pause before a retry.
+        connect_wait_s: how long an attempt waits for a lost connection before it counts as failed.
     """
 
     def __init__(
@@ -161,8 +163,10 @@ class MqttTransport:
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_wait_s: float = 10.0,
+        connect_wait_s: float = 1.0,
     ) -> None:
         self.target = parse_mqtt_target(target)
+        self.connect_wait_s = connect_wait_s
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -195,7 +199,7 @@ class MqttTransport:
         client.connect_async(self.target.host, self.target.port, keepalive=self.target.keepalive_s)
         client.loop_start()
         self._client = client
-        await asyncio.to_thread(self._connected.wait, min(self.timeout_s, 5.0))
+        await asyncio.to_thread(self._connected.wait, min(self.timeout_s, 2.0))
 
     async def close(self) -> None:
         """Disconnect and stop paho's thread; batches in flight fail."""
@@ -222,19 +226,26 @@ class MqttTransport:
         bodies = [(self.target.topic(d), msgspec.json.encode(ms)) for d, ms in by_device(batch).items()]
         attempt = 0
         while True:
-            futures = self._publish(bodies)
+            futures: list[asyncio.Future[None]] = []
             try:
+                if not self._connected.is_set():  # fail fast while the broker is away
+                    up = await asyncio.to_thread(
+                        self._connected.wait, min(self.timeout_s, self.connect_wait_s)
+                    )
+                    if not up:
+                        raise TimeoutError
+                futures = self._publish(bodies)
                 async with asyncio.timeout(self.timeout_s):
                     await asyncio.gather(*futures)
             except TimeoutError:
                 for fut in futures:
                     fut.cancel()
                 if attempt >= self.max_retries:
-                    state = "connected" if self._connected.is_set() else "not connected"
-                    msg = (
-                        f"no PUBACK from {self.target.host}:{self.target.port} ({state}) for a batch of "
-                        f"{len(batch)} after {attempt + 1} attempts"
-                    )
+                    where = f"{self.target.host}:{self.target.port}"
+                    if self._connected.is_set():
+                        msg = f"no PUBACK from {where} for a batch of {len(batch)} ({attempt + 1} attempts)"
+                    else:
+                        msg = f"cannot reach the MQTT broker at {where} ({attempt + 1} attempts)"
                     raise DeliveryFailed(msg) from None
                 await asyncio.sleep(_backoff(attempt, self.backoff_s, self.max_wait_s))
                 attempt += 1
