@@ -146,3 +146,22 @@ def test_a_kafka_batch_is_keyed_by_device(module_tansu: Tansu) -> None:
     finally:
         consumer.close()
     assert readings == sim.acknowledged
+
+
+def test_the_mqtt_transport_comes_back_after_a_broker_restart(mosquitto: Mosquitto) -> None:
+    transport = MqttTransport(mosquitto.url, timeout_s=1.0, backoff_s=0.1)
+    sim = Simulator(5, 5.0, 2, SystemClock(), transport, kinds={"thermostat": 1})
+    before: list[int] = []
+
+    async def main() -> None:
+        async def restart() -> None:
+            await asyncio.sleep(1.0)
+            before.append(sim.acknowledged)
+            await asyncio.to_thread(mosquitto.restart, 0.5)
+
+        await asyncio.gather(sim.run(4.5), restart())
+
+    asyncio.run(main())
+    assert before[0] > 0
+    assert sim.acknowledged > before[0] + 25  # more than a second's worth after the restart
+    assert sim.acknowledged + sim.errors + sim.dropped == sim.generated
