@@ -300,8 +300,14 @@ async def _serve(settings: Settings, runtime: Runtime, console: Any) -> int:
 @app.command()
 def simulate(
     target: Annotated[
-        str, typer.Option(envvar="FLEETSTREAM_SIM_TARGET", help="server to drive: http://host:port")
-    ] = "http://127.0.0.1:8000",
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_TARGET",
+            help="where to send: http://host:port, mqtt://host:port/prefix or kafka://host:port/topic"
+            " (prefix and topic optional; default: mqtt from MQTT_HOST, MQTT_PORT, MQTT_TOPIC if set,"
+            " else http://127.0.0.1:8000)",
+        ),
+    ] = None,
     devices: Annotated[int, typer.Option(envvar="FLEETSTREAM_SIM_DEVICES", help="simulated devices")] = 100,
     rate: Annotated[
         float, typer.Option(envvar="FLEETSTREAM_SIM_RATE", help="messages per device per second")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from fleetstream.domain.clock import SystemClock
 from fleetstream.errors import ConfigError
+from fleetstream.simulator.brokers import target_from_env
 from fleetstream.simulator.delivery import DeliveryOptions, parse_duration
 from fleetstream.simulator.failures import failure_rows, write_failures
 from fleetstream.simulator.fleet import parse_kinds
@@ -29,6 +31,7 @@ from fleetstream.simulator.tracker import Region
 from fleetstream.simulator.transports import transport_for
 from fleetstream.simulator.truth import GroundTruth, write_truth
 
+DEFAULT_TARGET = "http://127.0.0.1:8000"
 EXIT_OK = 0
 EXIT_UNDELIVERED = 1
 EXIT_CONFIG = 2
@@ -64,7 +67,7 @@ class _Truth:
 def simulate(
     devices: int,
     rate: float,
-    target: str,
+    target: str | None,
     duration: float | None,
     seed: int | None,
     batch: int,
@@ -95,7 +98,11 @@ def simulate(
         rate: messages per device per second for the typed kinds; host monitors
             send a heartbeat every 15/rate s and a temperature every 3/rate s.
         target: where to send: ``http://HOST:PORT`` (POSTs JSON arrays to
-            ``/api/v1/telemetry``). ``mqtt://`` and ``kafka://`` arrive in a later version.
+            ``/api/v1/telemetry``), ``mqtt://HOST:PORT[/prefix]`` (one QoS 1 message per device
+            and batch to ``<prefix>/<id>/telemetry``) or ``kafka://HOST:PORT[/topic]`` (keyed by
+            device id). None: an MQTT target from ``MQTT_HOST`` & co (the Flask simulator's
+            names, see :func:`~fleetstream.simulator.brokers.target_from_env`), else
+            ``http://127.0.0.1:8000``.
         duration: seconds to run; None runs until Ctrl-C.
         seed: makes the run (ids, schedule, values, clock skews, delivery picks)
             repeatable; None draws one, printed at the start.
@@ -124,6 +131,8 @@ def simulate(
     """
     console = Console()
     errors = Console(stderr=True)
+    if target is None:
+        target = target_from_env(os.environ) or DEFAULT_TARGET
     try:
         if devices < 1:
             msg = f"--devices must be at least 1, got {devices}"

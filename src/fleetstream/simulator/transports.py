@@ -40,7 +40,6 @@ Submit = Callable[[bytes, str], Awaitable[None]]
 
 TELEMETRY_PATH = "/api/v1/telemetry"
 JSON = "application/json"
-_LATER = ("mqtt", "mqtts", "kafka")
 
 
 class Transport(Protocol):
@@ -211,12 +210,14 @@ class HttpTransport:
 
 
 def transport_for(target: str, **options: Any) -> Transport:
-    """The transport for a target URL: ``http://host:port`` (or https) → :class:`HttpTransport`.
+    """The transport for a target URL: ``http://host:port`` (or https) → :class:`HttpTransport`,
+    ``mqtt://host:port[/prefix]`` → :class:`~fleetstream.simulator.brokers.MqttTransport`,
+    ``kafka://host:port[/topic]`` → :class:`~fleetstream.simulator.brokers.KafkaTransport`.
 
     ``options`` go to the transport's constructor.
 
     Raises:
-        ConfigError: an ``mqtt://`` or ``kafka://`` target (a later version), or an unknown one.
+        ConfigError: an unknown or malformed target.
     """
     parts = urlsplit(target)
     scheme = parts.scheme.lower()
@@ -225,13 +226,18 @@ def transport_for(target: str, **options: Any) -> Transport:
             msg = f"simulator target {target!r} has no host: expected http://HOST:PORT"
             raise ConfigError(msg)
         return HttpTransport(target, **options)
-    if scheme in _LATER:
-        msg = (
-            f"the simulator cannot send to {scheme}:// targets yet: MQTT and Kafka transports arrive "
-            "in a later version of fleetstream. Send over HTTP for now: --target http://HOST:PORT"
-        )
-        raise ConfigError(msg)
-    msg = f"unknown simulator target {target!r}: expected http://HOST:PORT (such as http://127.0.0.1:8000)"
+    if scheme == "mqtt":
+        from fleetstream.simulator.brokers import MqttTransport
+
+        return MqttTransport(target, **options)
+    if scheme == "kafka":
+        from fleetstream.simulator.brokers import KafkaTransport
+
+        return KafkaTransport(target, **options)
+    msg = (
+        f"unknown simulator target {target!r}: expected http://HOST:PORT (such as http://127.0.0.1:8000), "
+        "mqtt://HOST:PORT[/topic-prefix] or kafka://HOST:PORT[/topic]"
+    )
     raise ConfigError(msg)
 
 
