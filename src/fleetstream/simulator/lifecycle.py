@@ -148,6 +148,16 @@ class Lifecycles:
         heapq.heapify(self._pending)
         return self._enter(device, state, now_s)
 
+    def add(self, n: int, now_s: float) -> range:
+        """Add ``n`` devices, off and starting at ``now_s``; their numbers."""
+        first = len(self.state)
+        self.state.extend([OFF] * n)
+        self.entered_s.extend([now_s] * n)
+        self.length_s.extend([0.0] * n)
+        for i in range(first, first + n):
+            heapq.heappush(self._pending, (now_s, i, STARTING))
+        return range(first, first + n)
+
     def advance(self, now_s: float) -> list[Transition]:
         """Apply every transition due by ``now_s`` (inclusive), in time order."""
         out: list[Transition] = []
