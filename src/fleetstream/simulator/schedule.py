@@ -43,6 +43,7 @@ class Lane(Generic[T]):
         self._members = [member for _, member in ordered]
         self._cycle = 0  # the cycle being handed out
         self._pos = 0  # the next member of that cycle
+        self._last = start_s  # the latest time handed out to (or skipped to)
         if start_s > 0:  # a lane made mid-run: nothing before ``start_s`` is due
             self._cycle = int(start_s // period_s)
             self._pos = bisect_left(self._phases, start_s - self._cycle * period_s)
@@ -54,6 +55,7 @@ class Lane(Generic[T]):
         """The occurrences due before ``elapsed_s`` not handed out yet, oldest first."""
         out: list[T] = []
         members, phases = self._members, self._phases
+        self._last = max(self._last, elapsed_s)
         while members:
             bound = elapsed_s - self._cycle * self.period_s
             if bound <= 0:
@@ -79,6 +81,12 @@ class Lane(Generic[T]):
         if not 0 <= phase < self.period_s:
             msg = f"phases must lie in [0, {self.period_s})"
             raise ValueError(msg)
+        if not self._members:  # an empty lane stood still: catch up with the time handed out
+            self._cycle = int(self._last // self.period_s)
+            self._phases, self._members = [phase], [member]
+            # Past its point of this cycle: its first occurrence is in the next one.
+            self._pos = 1 if phase < self._last - self._cycle * self.period_s else 0
+            return
         at = bisect_right(self._phases, phase)
         self._phases.insert(at, phase)
         self._members.insert(at, member)
@@ -98,6 +106,7 @@ class Lane(Generic[T]):
     def skip(self, elapsed_s: float) -> int:
         """Drop the occurrences due before ``elapsed_s`` without handing them out; how many."""
         n = len(self._members)
+        self._last = max(self._last, elapsed_s)
         bound = elapsed_s - self._cycle * self.period_s
         if not n or bound <= 0:
             return 0
