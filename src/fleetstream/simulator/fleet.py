@@ -14,8 +14,8 @@ from typing import Any
 
 from fleetstream.errors import ConfigError
 from fleetstream.simulator.delivery import Draws
-from fleetstream.simulator.lifecycle import OFF, STATES, LifecycleOptions, Lifecycles, Transition
 from fleetstream.simulator.lifecycle import SILENT as _SILENT
+from fleetstream.simulator.lifecycle import STATES, LifecycleOptions, Lifecycles, Transition
 from fleetstream.simulator.models import (
     HOST_CPU,
     HOST_FAN,
@@ -391,8 +391,8 @@ class Fleet:
                 lane.remove(gone)
         self.hosts = [d for d in self.hosts if d not in gone]
         self._new_hosts = [d for d in self._new_hosts if d not in gone]
-        for d in sorted(gone, key=lambda d: d.index):
-            self.transitions.append(self.life.force(d.index, OFF, now_s))
+        self.transitions.extend(self.life.retire({d.index for d in gone}, now_s))
+        for d in gone:
             self.rates.pop(d.index, None)
         return sorted(d.device_id for d in gone)
 
