@@ -211,3 +211,16 @@ def test_pause_leaves_the_paused_stretch_out_and_resume_goes_on() -> None:
     asyncio.run(scenario())
     assert sim.dropped == 0
     assert 199 <= len(sent) <= 200  # 10 devices x 20 s of running time, none for the minute
+
+
+def test_the_queue_limit_follows_the_fleet_it_was_sized_to() -> None:
+    clock = ManualClock(parse_time("2023-03-28T20:00:00Z"))
+    sim = Simulator(10, 1.0, 5, clock, None, kinds={"thermostat": 1}, batch_size=10)  # type: ignore[arg-type]
+    assert sim.max_pending == 100  # 10 s of 10 messages/s
+    sim.fleet.add("host", 150, 0.0)  # + 150 x (3/15 + 1/3) messages/s = 80/s
+    sim.resized()
+    assert sim.max_pending == 900
+    fixed = Simulator(10, 1.0, 5, clock, None, max_pending=50)  # type: ignore[arg-type]
+    fixed.fleet.add("host", 150, 0.0)
+    fixed.resized()
+    assert fixed.max_pending == 50

@@ -220,13 +220,12 @@ class Fleet:
     @property
     def messages_per_s(self) -> float:
         """Messages per second the whole fleet sends on average."""
-        per_host = 3 / self.heartbeats.period_s + 1 / self.temperatures.period_s
-        per_tracker = 3 / self.trackers.period_s
-        return (
-            len(self.typed) / self.typed.period_s
-            + len(self.hosts) * per_host
-            + len(self.trackers) * per_tracker
-        )
+        total = 0.0
+        for typed, trackers, heartbeats, temperatures in self.lanes.values():
+            # A host sends a heartbeat envelope and two readings, trackers three readings.
+            total += len(typed) / typed.period_s + 3 * len(trackers) / trackers.period_s
+            total += 3 * len(heartbeats) / heartbeats.period_s + len(temperatures) / temperatures.period_s
+        return total
 
     def advance(self, elapsed_s: float, now_us: int) -> list[Message]:
         """The messages due before ``elapsed_s`` seconds since the start, stamped ``now_us``.

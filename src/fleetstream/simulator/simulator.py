@@ -126,6 +126,7 @@ class Simulator:
         self.batch_size = batch_size
         self.tick_s = tick_s
         self.max_in_flight = max_in_flight
+        self._sized = max_pending is None  # sized to the fleet: resized when the fleet changes
         self.max_pending = max_pending or max(10 * batch_size, round(10 * self.fleet.messages_per_s))
         self.max_lag_s = max_lag_s
         self.generated = self.sent = self.acknowledged = self.errors = self.dropped = 0
@@ -200,6 +201,11 @@ class Simulator:
             await self.flush(flush_timeout_s)
         finally:
             await self.transport.close()
+
+    def resized(self) -> None:
+        """Call after changing the fleet: a queue limit sized to the fleet follows its new size."""
+        if self._sized:
+            self.max_pending = max(10 * self.batch_size, round(10 * self.fleet.messages_per_s))
 
     @property
     def elapsed_s(self) -> float:

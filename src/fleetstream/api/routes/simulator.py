@@ -173,6 +173,7 @@ async def list_devices(
 async def add_devices(body: AddDevices, simulator: SimulatorDep) -> dict[str, Any]:
     """Add ``count`` devices of ``kind``; they start (off → starting → running) at once."""
     added = simulator.fleet.add(body.kind, body.count, simulator.elapsed_s)
+    simulator.resized()
     return {"added": [d.device_id for d in added], "devices": len(simulator.fleet)}
 
 
