@@ -7,6 +7,7 @@ drives it with the real one.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from fleetstream.errors import ConfigError
 from fleetstream.simulator.delivery import Draws
 from fleetstream.simulator.lifecycle import SILENT as _SILENT
-from fleetstream.simulator.lifecycle import LifecycleOptions, Lifecycles, Transition
+from fleetstream.simulator.lifecycle import STATES, LifecycleOptions, Lifecycles, Transition
 from fleetstream.simulator.models import (
     HOST_CPU,
     HOST_FAN,
@@ -31,6 +32,7 @@ from fleetstream.simulator.schedule import Lane
 from fleetstream.simulator.tracker import Motion, Region
 
 Message = dict[str, Any]
+Lanes = Lane[SimDevice]
 
 HEARTBEAT_EVERY_S = 15.0
 """A host monitor's heartbeat period at rate 1 (divided by the rate)."""
@@ -157,7 +159,8 @@ class Fleet:
         self.rate = rate
         self.rng = random.Random(seed)
         numbers: dict[str, int] = {}
-        self.devices: list[SimDevice] = []
+        self._numbers = numbers  # the last number given per kind: added devices continue from it
+        self.devices: list[SimDevice] = []  # every device ever, by index (removed ones too)
         for kind in deal_kinds(devices, kinds):
             numbers[kind.key] = numbers.get(kind.key, 0) + 1
             device_id = f"{kind.key}-{numbers[kind.key]:04d}"
@@ -180,6 +183,15 @@ class Fleet:
         self.origin_us: int | None = None  # the wall clock at elapsed 0
         self.heartbeats = self._lane(HEARTBEAT_EVERY_S / rate, self.hosts)
         self.temperatures = self._lane(TEMPERATURE_EVERY_S / rate, self.hosts)
+        self.active = {d.device_id: d for d in self.devices}
+        """The devices in the fleet now, by id."""
+        self.rates: dict[int, float] = {}  # device index → its own rate, when not the fleet's
+        # Lanes per rate: (typed, trackers, heartbeats, temperatures). A device given a rate of its
+        # own moves to the lanes of that rate, so the schedule stays a few lanes, not a timer each.
+        self.lanes: dict[float, tuple[Lanes, Lanes, Lanes, Lanes]] = {
+            rate: (self.typed, self.trackers, self.heartbeats, self.temperatures)
+        }
+        self._new_hosts: list[SimDevice] = []  # hosts added since the last advance: send startup
         # One walk per (kind, sensor), stepped at the pace its values are sent.
         self._walks = {
             key: [s.walk(self.typed.period_s) for s in kind.sensors]
@@ -203,18 +215,17 @@ class Fleet:
         return Lane(period_s, [(self.rng.random() * period_s, d) for d in devices])
 
     def __len__(self) -> int:
-        return len(self.devices)
+        return len(self.active)
 
     @property
     def messages_per_s(self) -> float:
         """Messages per second the whole fleet sends on average."""
-        per_host = 3 / self.heartbeats.period_s + 1 / self.temperatures.period_s
-        per_tracker = 3 / self.trackers.period_s
-        return (
-            len(self.typed) / self.typed.period_s
-            + len(self.hosts) * per_host
-            + len(self.trackers) * per_tracker
-        )
+        total = 0.0
+        for typed, trackers, heartbeats, temperatures in self.lanes.values():
+            # A host sends a heartbeat envelope and two readings, trackers three readings.
+            total += len(typed) / typed.period_s + 3 * len(trackers) / trackers.period_s
+            total += 3 * len(heartbeats) / heartbeats.period_s + len(temperatures) / temperatures.period_s
+        return total
 
     def advance(self, elapsed_s: float, now_us: int) -> list[Message]:
         """The messages due before ``elapsed_s`` seconds since the start, stamped ``now_us``.
@@ -231,11 +242,28 @@ class Fleet:
             self.boot = _base36(now_us // 1000)
             self.origin_us = now_us - round(elapsed_s * 1_000_000)
             out.extend(self._envelope(d, "startup", self._stamp(d, ts, now_us), {}) for d in self.hosts)
+        if self._new_hosts:
+            new, self._new_hosts = self._new_hosts, []
+            out.extend(self._envelope(d, "startup", self._stamp(d, ts, now_us), {}) for d in new)
+        self.transitions.extend(self.life.advance(elapsed_s))
+        for typed, trackers, heartbeats, temperatures in self.lanes.values():
+            self._due(elapsed_s, now_us, ts, (typed, trackers, heartbeats, temperatures), out)
+        return out
+
+    def _due(
+        self,
+        elapsed_s: float,
+        now_us: int,
+        ts: str,
+        lanes: tuple[Lanes, Lanes, Lanes, Lanes],
+        out: list[Message],
+    ) -> None:
+        """Append the messages due in one set of lanes (those of one rate)."""
+        typed, trackers, heartbeats, temperatures = lanes
         life = self.life
-        self.transitions.extend(life.advance(elapsed_s))
         state, silent = life.state, _SILENT
         rng = self.rng
-        for d in self.typed.due(elapsed_s):
+        for d in typed.due(elapsed_s):
             if state[d.index] in silent:
                 continue
             sensor = d.kind.sensors[0]
@@ -253,15 +281,16 @@ class Fleet:
                     "msg_id": f"{self.boot}-{d.next_seq()}",
                 }
             )
-        for d in self.trackers.due(elapsed_s):
+        for d in trackers.due(elapsed_s):
             if state[d.index] in silent:
                 continue
-            out.extend(self._tracker(d, self._stamp(d, ts, now_us), life.severity(d.index, elapsed_s)))
-        for d in self.heartbeats.due(elapsed_s):
+            severity = life.severity(d.index, elapsed_s)
+            out.extend(self._tracker(d, self._stamp(d, ts, now_us), severity, trackers.period_s))
+        for d in heartbeats.due(elapsed_s):
             if state[d.index] in silent:
                 continue
             out.extend(self._heartbeat(d, self._stamp(d, ts, now_us), life.severity(d.index, elapsed_s)))
-        for d in self.temperatures.due(elapsed_s):
+        for d in temperatures.due(elapsed_s):
             if state[d.index] in silent:
                 continue
             sensor = d.kind.sensors[HOST_TEMP]
@@ -270,7 +299,6 @@ class Fleet:
             hotter = 30.0 * _ramp(life.severity(d.index, elapsed_s), 0.25)
             event = {"temperature": sensor.shown(sensor.bound(d.values[HOST_TEMP] + hotter))}
             out.append(self._envelope(d, "temperature", self._stamp(d, ts, now_us), event))
-        return out
 
     def _heartbeat(self, d: SimDevice, ts: str, severity: float) -> list[Message]:
         """A heartbeat envelope, then the host's fan speed and supply voltage as canonical readings."""
@@ -296,11 +324,11 @@ class Fleet:
             )
         return out
 
-    def _tracker(self, d: SimDevice, ts: str, severity: float) -> list[Message]:
+    def _tracker(self, d: SimDevice, ts: str, severity: float, period_s: float) -> list[Message]:
         """A tracker's position and temperature: three canonical readings, one after the other."""
         rng = self.rng
         motion = self.motions[d.index]
-        motion.step(self.trackers.period_s, rng)
+        motion.step(period_s, rng)
         sensor = d.kind.sensors[0]
         d.values[0] = self._walks[d.kind.key][0].step(d.values[0], d.homes[0], rng)
         value = d.values[0]
@@ -324,10 +352,109 @@ class Fleet:
             "msg_id": f"{self.boot}-{d.next_seq()}",
         }
 
+    # Changes at run time (the control API). ``now_s`` is the fleet's elapsed time now: a change
+    # takes effect from there, and the lanes keep their phases, so nothing already due is repeated.
+
+    def add(self, kind: str, count: int, now_s: float) -> list[SimDevice]:
+        """Add ``count`` devices of ``kind``, numbered on from the kind's last; they start at ``now_s``.
+
+        Raises:
+            ConfigError: an unknown kind or a count below 1.
+        """
+        if kind not in KINDS:
+            msg = f"unknown device kind {kind!r}: expected one of {', '.join(KINDS)}"
+            raise ConfigError(msg)
+        if count < 1:
+            msg = f"the number of devices to add must be >= 1, got {count}"
+            raise ConfigError(msg)
+        model = KINDS[kind]
+        added: list[SimDevice] = []
+        for index in self.life.add(count, now_s):
+            self._numbers[kind] = self._numbers.get(kind, 0) + 1
+            d = SimDevice(f"{kind}-{self._numbers[kind]:04d}", model, self.rng, index)
+            self.devices.append(d)
+            self.active[d.device_id] = d
+            if model.moves:
+                self.motions[index] = Motion(self.region, self.rng)
+            self._place(d, self.rate, now_s)
+            added.append(d)
+        if self._started:
+            self._new_hosts.extend(d for d in added if d.kind.envelope)
+        return added
+
+    def remove(self, device_ids: list[str], now_s: float) -> list[str]:
+        """Take devices out of the fleet (they stop sending; ids not in the fleet are ignored)."""
+        gone = {self.active.pop(i) for i in device_ids if i in self.active}
+        for lanes in self.lanes.values():
+            for lane in lanes:
+                lane.remove(gone)
+        self.hosts = [d for d in self.hosts if d not in gone]
+        self._new_hosts = [d for d in self._new_hosts if d not in gone]
+        self.transitions.extend(self.life.retire({d.index for d in gone}, now_s))
+        for d in gone:
+            self.rates.pop(d.index, None)
+        return sorted(d.device_id for d in gone)
+
+    def rate_of(self, device: SimDevice) -> float:
+        """A device's rate: its own if it was given one, else the fleet's."""
+        return self.rates.get(device.index, self.rate)
+
+    def set_rate(self, device_id: str, rate: float, now_s: float) -> None:
+        """Give a device a rate of its own (as the fleet's ``rate``: hosts' periods are divided by it)."""
+        if not (rate > 0 and math.isfinite(rate)):
+            msg = f"the rate must be a finite number > 0, got {rate}"
+            raise ConfigError(msg)
+        d = self.active[device_id]
+        for lanes in self.lanes.values():
+            for lane in lanes:
+                lane.remove({d})
+        if rate == self.rate:
+            self.rates.pop(d.index, None)
+        else:
+            self.rates[d.index] = rate
+        self._place(d, rate, now_s)
+
+    def force(self, device_id: str, state: str, now_s: float) -> None:
+        """Put a device in a lifecycle state now (``degraded``, ``failing``, ``offline``, ...)."""
+        self.transitions.append(self.life.force(self.active[device_id].index, STATES.index(state), now_s))
+
+    def move_to(self, device_id: str, lat: float, lon: float) -> None:
+        """Put a tracker at a point of its region; it moves on from there.
+
+        Raises:
+            ConfigError: the device is not a tracker, or the point is outside the region.
+        """
+        d = self.active[device_id]
+        if not d.kind.moves:
+            msg = f"{device_id} is a {d.kind.key}, not a tracker: only trackers move"
+            raise ConfigError(msg)
+        if not self.region.contains(lat, lon):
+            r = self.region
+            msg = (
+                f"({lat}, {lon}) is outside the region: "
+                f"latitude {r.south}..{r.north}, longitude {r.west}..{r.east}"
+            )
+            raise ConfigError(msg)
+        motion = self.motions[d.index]
+        motion.lat, motion.lon = lat, lon
+
+    def _place(self, d: SimDevice, rate: float, now_s: float) -> None:
+        """Schedule a device in the lanes of ``rate`` (made on first use), at a random phase."""
+        lanes = self.lanes.get(rate)
+        if lanes is None:
+            periods = (1.0 / rate, 1.0 / rate, HEARTBEAT_EVERY_S / rate, TEMPERATURE_EVERY_S / rate)
+            typed, trackers, heartbeats, temperatures = (Lane[SimDevice](p, [], now_s) for p in periods)
+            lanes = self.lanes[rate] = (typed, trackers, heartbeats, temperatures)
+        typed, trackers, heartbeats, temperatures = lanes
+        chosen = (heartbeats, temperatures) if d.kind.envelope else (trackers,) if d.kind.moves else (typed,)
+        for lane in chosen:
+            lane.add(self.rng.random() * lane.period_s, d)
+        if d.kind.envelope and d not in self.hosts:
+            self.hosts.append(d)
+
     def skip(self, elapsed_s: float) -> int:
         """Give up the occurrences due before ``elapsed_s`` (after a stall); how many were dropped."""
-        lanes = (self.typed, self.trackers, self.heartbeats, self.temperatures)
-        return sum(lane.skip(elapsed_s) for lane in lanes)
+        return sum(lane.skip(elapsed_s) for lanes in self.lanes.values() for lane in lanes)
 
     def _stamp(self, device: SimDevice, ts: str, now_us: int) -> str:
         """The event time a device sends: ``ts`` (the text of ``now_us``) unless its clock is off."""

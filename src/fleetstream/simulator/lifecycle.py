@@ -148,6 +148,22 @@ class Lifecycles:
         heapq.heapify(self._pending)
         return self._enter(device, state, now_s)
 
+    def add(self, n: int, now_s: float) -> range:
+        """Add ``n`` devices, off and starting at ``now_s``; their numbers."""
+        first = len(self.state)
+        self.state.extend([OFF] * n)
+        self.entered_s.extend([now_s] * n)
+        self.length_s.extend([0.0] * n)
+        for i in range(first, first + n):
+            heapq.heappush(self._pending, (now_s, i, STARTING))
+        return range(first, first + n)
+
+    def retire(self, devices: set[int], now_s: float) -> list[Transition]:
+        """Switch devices off for good (removed from the fleet): no transition is pending for them."""
+        self._pending = [p for p in self._pending if p[1] not in devices]  # one pass for all
+        heapq.heapify(self._pending)
+        return [self._enter(device, OFF, now_s) for device in sorted(devices)]
+
     def advance(self, now_s: float) -> list[Transition]:
         """Apply every transition due by ``now_s`` (inclusive), in time order."""
         out: list[Transition] = []

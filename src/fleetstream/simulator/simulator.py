@@ -126,6 +126,7 @@ class Simulator:
         self.batch_size = batch_size
         self.tick_s = tick_s
         self.max_in_flight = max_in_flight
+        self._sized = max_pending is None  # sized to the fleet: resized when the fleet changes
         self.max_pending = max_pending or max(10 * batch_size, round(10 * self.fleet.messages_per_s))
         self.max_lag_s = max_lag_s
         self.generated = self.sent = self.acknowledged = self.errors = self.dropped = 0
@@ -146,6 +147,7 @@ class Simulator:
         self._unlogged = 0
         self._logged_at: float | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._paused_at: float | None = None
 
     @property
     def rate(self) -> float:
@@ -199,6 +201,45 @@ class Simulator:
             await self.flush(flush_timeout_s)
         finally:
             await self.transport.close()
+
+    def resized(self) -> None:
+        """Call after changing the fleet: a queue limit sized to the fleet follows its new size."""
+        if self._sized:
+            self.max_pending = max(10 * self.batch_size, round(10 * self.fleet.messages_per_s))
+
+    @property
+    def elapsed_s(self) -> float:
+        """The fleet's time generated so far (seconds since it started, paused stretches left out)."""
+        return self._until
+
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` stopped the loop (the devices stay defined)."""
+        return self._paused_at is not None
+
+    async def pause(self, flush_timeout_s: float = 5.0) -> None:
+        """Stop generating, keeping the fleet and the transport; send what is queued. Idempotent."""
+        task, self._loop_task = self._loop_task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._paused_at = self.clock.monotonic()
+        await self.flush(flush_timeout_s)
+
+    async def resume(self) -> None:
+        """Start generating again after :meth:`pause`, the fleet's time going on where it stopped.
+
+        The paused stretch is left out of the fleet's time: no message of it is
+        sent late or counted as dropped. Idempotent while running.
+        """
+        if self.running:
+            return
+        if self._paused_at is not None and self._origin is not None:
+            self._origin += self.clock.monotonic() - self._paused_at
+        self._paused_at = None
+        self._loop_task = asyncio.create_task(self._loop(), name="fleetstream-simulator")
 
     async def run(self, duration_s: float | None = None) -> None:
         """Start, run for ``duration_s`` seconds of real time (None: until cancelled), then stop."""
