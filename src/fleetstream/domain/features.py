@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +164,28 @@ class FeatureExtractor:
                 for s in series
             ]
         self._devices = devices
+
+
+DeviceWindows = Iterable[tuple[int, Mapping[str, tuple[float, float | None]]]]
+"""One device's closed windows in time order: (window end µs, sensor → (mean, stddev))."""
+
+
+def feature_rows(
+    extractor: FeatureExtractor, device_id: str, windows: DeviceWindows
+) -> tuple[list[int], list[list[float]]]:
+    """Feed a device's windows through ``extractor``: the ends at which it was ready, and its features.
+
+    These are the rows a model is trained on, computed exactly as the streaming predictor computes them.
+    """
+    times: list[int] = []
+    rows: list[list[float]] = []
+    for end_us, stats in windows:
+        for sensor, (mean, stddev) in stats.items():
+            extractor.on_window(device_id, sensor, end_us, mean, stddev)
+        if extractor.ready(device_id):
+            times.append(end_us)
+            rows.append(extractor.features(device_id))
+    return times, rows
 
 
 def _slope(ends: Sequence[int], means: Sequence[float], size_us: int) -> float:

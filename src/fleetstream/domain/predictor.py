@@ -108,6 +108,13 @@ class FailurePredictor:
             return []
         return self._evaluate(device_id, end_us)
 
+    def on_device_windows(
+        self, device_id: str, end_us: int, stats: Mapping[str, tuple[float, float | None]]
+    ) -> list[RuleTransition]:
+        """Fold in one device's windows ending at ``end_us`` (sensor → (mean, stddev)), then score it once."""
+        used = [self.extractor.on_window(device_id, s, end_us, m, sd) for s, (m, sd) in stats.items()]
+        return self._evaluate(device_id, end_us) if any(used) else []
+
     def on_windows(self, windows: Iterable[WindowAggregate]) -> list[RuleTransition]:
         """Fold in closed windows (fleet-wide ones are skipped), then re-score each device once."""
         touched: dict[str, int] = {}
