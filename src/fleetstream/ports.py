@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetstream.domain.batch import Batch
+from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import LateReadings, WindowAggregate
@@ -261,6 +262,14 @@ class Store(Protocol):
 
     async def late_counts(self) -> dict[str, int]:
         """sensor → readings stored as late (beyond the allowed lateness of the smallest window)."""
+        ...
+
+    async def save_model_round(self, model_round: ModelRound) -> None:
+        """Store one federated training round (replacing a stored round of the same number)."""
+        ...
+
+    async def list_model_rounds(self) -> list[ModelRound]:
+        """Every stored training round, oldest first."""
         ...
 
 

@@ -22,6 +22,7 @@ from fleetstream.config import Settings
 from fleetstream.domain.batch import Batch, message_numbers
 from fleetstream.domain.buckets import Buckets
 from fleetstream.domain.clock import ManualClock
+from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.records import DedupKey, DeviceMessage, Reading
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import ALL_DEVICES, LateReadings, WindowAggregate
@@ -54,6 +55,7 @@ class InMemoryStore:
         self.events: dict[tuple[str, int], DeviceEvent] = {}
         self.twins: dict[str, DeviceTwin] = {}
         self.saved: Checkpoint | None = None
+        self.model_rounds: dict[int, ModelRound] = {}
 
     @property
     def readings(self) -> list[Reading]:
@@ -213,6 +215,12 @@ class InMemoryStore:
             if size == smallest:
                 counts[sensor] = counts.get(sensor, 0) + 1
         return dict(sorted(counts.items()))
+
+    async def save_model_round(self, model_round: ModelRound) -> None:
+        self.model_rounds[model_round.round] = model_round
+
+    async def list_model_rounds(self) -> list[ModelRound]:
+        return [self.model_rounds[n] for n in sorted(self.model_rounds)]
 
 
 def _log_batch(ordered: list[DeviceMessage], max_records: int, *, stop_after_bare: bool) -> Batch:

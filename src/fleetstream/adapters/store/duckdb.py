@@ -23,8 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from fleetstream.adapters.store import duckdb_derived as derived
+from fleetstream.adapters.store import duckdb_models as models
 from fleetstream.domain.batch import Batch, message_numbers
 from fleetstream.domain.buckets import Buckets
+from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.records import DedupKey, DeviceMessage
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
@@ -175,6 +177,7 @@ class DuckDBStore:
         con.execute("ALTER TABLE readings ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'telemetry'")
         con.execute("ALTER TABLE readings ADD COLUMN IF NOT EXISTS msg_seq BIGINT")
         con.execute(derived.DDL)
+        con.execute(models.DDL)
         # A larger WAL than the default 16 MB: fewer checkpoints stalling a commit under load, at the
         # cost of a longer WAL replay after a crash (seconds).
         con.execute("SET checkpoint_threshold = '128MB'")
@@ -483,6 +486,12 @@ class DuckDBStore:
                 bare = [b for b in bare if b[0] < following[0]]
             rows = head
         return _replayed(rows, bare)
+
+    async def save_model_round(self, model_round: ModelRound) -> None:
+        await self._on_writer(lambda: models.save_model_round(self._connection(), model_round))
+
+    async def list_model_rounds(self) -> list[ModelRound]:
+        return await self._on_reader(lambda: models.list_model_rounds(self._cursor()))
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query (for tests, benchmarks and the shell)."""
