@@ -291,15 +291,15 @@ def _report(
     lines = [
         head,
         "",
-        "| model | alert when | alerts | hits | false alarms | precision | failures | detected | recall "
-        "| median lead |",
+        "| model | alert when | alerts | hits | false alarms (in recoveries) | precision | failures "
+        "| detected | recall | median lead |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, when, s in results:
         lead = "-" if s.median_lead_s is None else f"{s.median_lead_s:.0f} s"
         lines.append(
-            f"| {name} | {when} | {s.hits + s.false_alarms} | {s.hits} | {s.false_alarms} "
-            f"| {s.precision:.2f} | {s.failures} | {s.detected} | {s.recall:.2f} | {lead} |"
+            f"| {name} | {when} | {s.hits + s.false_alarms} | {s.hits} "
+            f"| {s.false_alarms} ({s.in_recoveries}) | {s.precision:.2f} | {s.failures} | {s.detected} | {s.recall:.2f} | {lead} |"
         )
     lines += [
         "",

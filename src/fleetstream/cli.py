@@ -421,6 +421,34 @@ def simulate(
 
 
 @app.command()
+def train(
+    store: Annotated[
+        str, typer.Option(envvar="FLEETSTREAM_TRAIN_STORE", help="the DuckDB file (or store URL)")
+    ],
+    failures: Annotated[
+        Path,
+        typer.Option(envvar="FLEETSTREAM_TRAIN_FAILURES", help="ground truth: `simulate --failures FILE`"),
+    ],
+    sites: Annotated[int, typer.Option(envvar="FLEETSTREAM_TRAIN_SITES", help="sites (device id hash)")] = 4,
+    rounds: Annotated[int, typer.Option(envvar="FLEETSTREAM_TRAIN_ROUNDS", help="federated rounds")] = 10,
+    epochs: Annotated[int, typer.Option(envvar="FLEETSTREAM_TRAIN_EPOCHS", help="steps per round")] = 10,
+    window: Annotated[int, typer.Option(envvar="FLEETSTREAM_TRAIN_WINDOW", help="window size, seconds")] = 60,
+) -> None:
+    """Train the failure predictor by federated rounds on a store's windows; store each round.
+
+    See docs/prediction.md. The rounds are then listed by GET /api/v1/models.
+    """
+    from fleetstream.predictor_training import format_rounds, run_training
+
+    options = {"sites": sites, "rounds": rounds, "epochs": epochs, "size_us": window * 1_000_000}
+    try:
+        saved = asyncio.run(run_training(store, failures, **options))
+    except FleetstreamError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(format_rounds(saved))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"fleetstream {__version__}")

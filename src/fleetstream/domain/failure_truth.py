@@ -8,10 +8,10 @@ opening) for a device between its ``degraded_at`` and ``failed_at`` is a
 failed); a failure without a hit is a *miss*.
 
 Example:
-    >>> truth = {"d1": [Outage("d1", 100, 150, 200, None)]}
-    >>> s = score_alerts({"d1": [120, 300], "d2": [50]}, truth)
-    >>> s.hits, s.false_alarms, s.failures, s.detected, s.lead_times_us
-    (1, 2, 1, 1, [80])
+    >>> truth = {"d1": [Outage("d1", 100, 150, 200, None), Outage("d1", 400, None, None, 500)]}
+    >>> s = score_alerts({"d1": [120, 130, 300, 450], "d2": [50]}, truth)
+    >>> s.hits, s.false_alarms, s.in_recoveries, s.failures, s.detected, s.lead_times_us
+    (2, 3, 1, 1, 1, [80])
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Score:
 
     hits: int = 0
     false_alarms: int = 0
+    in_recoveries: int = 0  # of the false alarms: during a degradation that recovered
     failures: int = 0
     detected: int = 0
     lead_times_us: list[int] = field(default_factory=list)
@@ -94,6 +95,9 @@ def score_alerts(warnings: Mapping[str, Sequence[int]], truth: Mapping[str, Sequ
             hit = next((i for i, (lo, hi) in enumerate(windows) if lo <= ts < hi), None)
             if hit is None:
                 s.false_alarms += 1
+                s.in_recoveries += any(
+                    o.recovered_at is not None and o.degraded_at <= ts < o.recovered_at for o in outages
+                )
                 continue
             s.hits += 1
             first[hit] = min(ts, first.get(hit, ts))
