@@ -299,7 +299,8 @@ def _report(
         lead = "-" if s.median_lead_s is None else f"{s.median_lead_s:.0f} s"
         lines.append(
             f"| {name} | {when} | {s.hits + s.false_alarms} | {s.hits} "
-            f"| {s.false_alarms} ({s.in_recoveries}) | {s.precision:.2f} | {s.failures} | {s.detected} | {s.recall:.2f} | {lead} |"
+            f"| {s.false_alarms} ({s.in_recoveries}) | {s.precision:.2f} | {s.failures} | {s.detected} "
+            f"| {s.recall:.2f} | {lead} |"
         )
     lines += [
         "",
