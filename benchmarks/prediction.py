@@ -270,7 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(
         json.dumps([r.to_dict() for r in rounds], indent=1), encoding="utf-8"
     )
-    return 0
+    # The targets: federated within 5 % of central in F1, and better than the fixed rule.
+    fed, cen, rule = (s.f1 for _, _, s in results)
+    checks = (
+        ("federated F1 < 0.95 x central", fed < 0.95 * cen),
+        ("federated F1 <= the rule's", fed <= rule),
+    )
+    missed = [what for what, bad in checks if bad]
+    if missed:
+        print(f"target missed: {', '.join(missed)} (F1 {fed:.3f} / {cen:.3f} / {rule:.3f})", file=sys.stderr)
+    return 1 if missed else 0
 
 
 def _report(

@@ -27,16 +27,16 @@ async def list_models(store: StoreDep) -> dict[str, Any]:
     return {"models": [_summary(r) for r in rounds], "latest": rounds[-1].round if rounds else None}
 
 
-@router.get("/api/v1/models/{round_number}", summary="One training round, its model parameters included")
+@router.get("/api/v1/models/{round}", summary="One training round, its model parameters included")
 async def get_model(
-    store: StoreDep, round_number: Annotated[int, Path(ge=1, description="the round number")]
+    store: StoreDep, round: Annotated[int, Path(ge=1, description="the round number")]
 ) -> dict[str, Any]:
     """The round's summary and `params`: the logistic model (`features`, the standardisation
     `mean` and `scale`, `coef`, `intercept`). 404 when no such round is stored."""
     for r in await store.list_model_rounds():
-        if r.round == round_number:
+        if r.round == round:
             return {**_summary(r), "params": r.params}
-    msg = f"no model round {round_number} is stored (GET /api/v1/models lists them)"
+    msg = f"no model round {round} is stored (GET /api/v1/models lists them)"
     raise NotFound(msg)
 
 
