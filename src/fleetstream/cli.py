@@ -433,6 +433,9 @@ def train(
     rounds: Annotated[int, typer.Option(envvar="FLEETSTREAM_TRAIN_ROUNDS", help="federated rounds")] = 10,
     epochs: Annotated[int, typer.Option(envvar="FLEETSTREAM_TRAIN_EPOCHS", help="steps per round")] = 10,
     window: Annotated[int, typer.Option(envvar="FLEETSTREAM_TRAIN_WINDOW", help="window size, seconds")] = 60,
+    site_map: Annotated[
+        Path | None, typer.Option(envvar="FLEETSTREAM_TRAIN_SITE_MAP", help="CSV: device_id,site")
+    ] = None,
 ) -> None:
     """Train the failure predictor by federated rounds on a store's windows; store each round.
 
@@ -442,7 +445,7 @@ def train(
 
     options = {"sites": sites, "rounds": rounds, "epochs": epochs, "size_us": window * 1_000_000}
     try:
-        saved = asyncio.run(run_training(store, failures, **options))
+        saved = asyncio.run(run_training(store, failures, site_map=site_map, **options))
     except FleetstreamError as exc:
         raise _fail(str(exc)) from None
     typer.echo(format_rounds(saved))

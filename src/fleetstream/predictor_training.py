@@ -88,6 +88,29 @@ def load_outages(path: Path) -> dict[str, list[Outage]]:
     return out
 
 
+def load_site_map(path: Path) -> dict[str, str]:
+    """A CSV of ``device_id,site`` rows (a header row ``device_id,site`` is allowed): site per device.
+
+    Raises:
+        ConfigError: the file cannot be read or a row has not two non-empty cells.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot read the site map {path}: {exc.strerror or exc}"
+        raise ConfigError(msg) from None
+    out: dict[str, str] = {}
+    for n, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or (n == 1 and [c.strip() for c in row] == ["device_id", "site"]):
+            continue
+        cells = [c.strip() for c in row]
+        if len(cells) != 2 or not all(cells):
+            msg = f"{path}:{n}: expected device_id,site, got {','.join(row)!r}"
+            raise ConfigError(msg)
+        out[cells[0]] = cells[1]
+    return out
+
+
 async def store_windows(store: Store, size_us: int) -> dict[str, Windows]:
     """Every device's stored windows of ``size_us``, grouped by window end: sensor → (mean, stddev)."""
     devices: list[str] = []
@@ -213,15 +236,24 @@ def format_rounds(rounds: list[ModelRound]) -> str:
     return "\n".join(lines)
 
 
-async def run_training(store_url: str, failures: Path, **options: Any) -> list[ModelRound]:
+async def run_training(
+    store_url: str, failures: Path, *, site_map: Path | None = None, **options: Any
+) -> list[ModelRound]:
     """Open the store, train (see :func:`train_from_store`), close it; the saved rounds.
 
+    ``site_map`` names each device's site (a CSV of ``device_id,site``); devices not in it
+    are hashed into ``sites`` groups.
+
     Raises:
-        ConfigError: a bad store, failures file or option.
+        ConfigError: a bad store, failures file, site map or option.
     """
     from fleetstream.adapters import STORES, by_url
 
     truth = load_outages(failures)
+    if site_map is not None:
+        mapping = load_site_map(site_map)
+        hashed = int(options.get("sites", 4))
+        options["site_key"] = lambda d: mapping.get(d) or site_of(d, hashed)
     store: Store = by_url(STORES, store_url_of(store_url), "store")
     await store.start()
     try:

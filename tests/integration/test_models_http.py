@@ -119,18 +119,26 @@ def test_train_stores_rounds_that_continue_across_runs_and_the_api_lists_them(
     assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"]
     second = _train("--store", str(db), "--failures", str(failures), "--sites", "2", "--rounds", "2")
     assert second.returncode == 0, second.stderr
+    # A site map puts three devices at a gateway of their own; the rest stay in the hashed sites.
+    site_map = tmp_path / "sites.csv"
+    site_map.write_text("device_id,site\nhost-0000,gw-a\nhost-0001,gw-a\nhost-0002,gw-a\n")
+    third = _train(
+        "--store", str(db), "--failures", str(failures), "--sites", "1", "--site-map", str(site_map)
+    )
+    assert third.returncode == 0, third.stderr
 
     stored = _stored_rounds(db)
-    assert [r[0] for r in stored] == [1, 2, 3, 4, 5]
+    assert [r[0] for r in stored] == list(range(1, 16))
     # Every feature row is either a training row (n_samples) or a validation row (metrics rows).
-    assert {(n_sites, n + v) for _, n_sites, n, v in stored} == {(2, float(rows))}
+    assert {n + v for _, _, n, v in stored} == {float(rows)}
+    # Runs 1 and 2: two hashed sites; run 3 (--sites 1): gw-a and the one hashed site.
+    assert [n_sites for _, n_sites, _, _ in stored] == [2] * 15
 
     srv = start(data=data)
     status, body = srv.call("GET", "/api/v1/models")
     assert status == 200
-    assert [m["round"] for m in body["models"]] == [1, 2, 3, 4, 5]
-    assert body["latest"] == 5
-    assert {m["n_sites"] for m in body["models"]} == {2}
+    assert [m["round"] for m in body["models"]] == list(range(1, 16))
+    assert body["latest"] == 15
     assert all(m["version"].endswith(f"-r{m['round']}") for m in body["models"])
     assert all({"log_loss", "auc", "rows"} <= set(m["metrics"]) for m in body["models"])
     assert "params" not in body["models"][0]
@@ -143,7 +151,7 @@ def test_train_stores_rounds_that_continue_across_runs_and_the_api_lists_them(
     assert len(params["features"]) == len(params["coef"]) == len(params["mean"]) == 20
     assert "fan_rpm_rel" in params["features"]
 
-    status, missing = srv.call("GET", "/api/v1/models/6")
+    status, missing = srv.call("GET", "/api/v1/models/16")
     assert status == 404
     assert missing["error"]["code"] == "not_found"
     assert srv.call("GET", "/api/v1/models/0")[0] == 422
@@ -164,10 +172,16 @@ def test_train_explains_bad_input(tmp_path: Path) -> None:
     assert broken.returncode == 2
     assert f"{bad}:2: not JSON" in broken.stderr
 
+    sites = tmp_path / "sites.csv"
+    sites.write_text("host-0000,gw-a\nhost-0001\n")
+    unmapped = _train("--store", str(db), "--failures", str(failures), "--site-map", str(sites))
+    assert unmapped.returncode == 2
+    assert f"{sites}:2: expected device_id,site" in unmapped.stderr
+
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     nothing = _train("--store", str(db), "--failures", str(empty))
     assert nothing.returncode == 2
     assert "nothing to learn from" in nothing.stderr
-    assert "Traceback" not in gone.stderr + broken.stderr + nothing.stderr
+    assert "Traceback" not in gone.stderr + broken.stderr + unmapped.stderr + nothing.stderr
     assert _stored_rounds(db) == []
