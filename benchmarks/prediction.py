@@ -48,7 +48,7 @@ from fleetstream.simulator.lifecycle import LifecycleOptions
 
 MINUTE_US = 60_000_000
 ORIGIN_US = 1_800_000_000 * 1_000_000  # a whole minute: windows start on the minute
-SENSORS = (*HOST_SENSORS, "mem_usage")  # mem_usage carries no precursor: a feature that must not matter
+SENSORS = (*HOST_SENSORS, "mem_usage")  # windows as the stream has them; the features skip mem_usage
 CLEAR_RATIO = 0.6  # clear_at = open_at x this, as FailurePredictor's default
 RULE_HYSTERESIS = 2.0  # °C: the rule clears this far below its threshold
 Windows = list[tuple[int, dict[str, tuple[float, float | None]]]]
