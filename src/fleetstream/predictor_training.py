@@ -15,7 +15,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from fleetstream.ports import Store, WindowQuery
 Windows = list[tuple[int, dict[str, tuple[float, float | None]]]]
 _EVER = (0, 4_102_444_800_000_000)  # 1970 .. 2100: every window a store can hold
 _PAGE = 1_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _us(text: str | None, where: str) -> int | None:
@@ -44,7 +45,7 @@ def _us(text: str | None, where: str) -> int | None:
     if dt.tzinfo is None:
         msg = f"{where}: {text!r} has no time zone"
         raise ConfigError(msg)
-    return round(dt.timestamp() * 1_000_000)
+    return (dt - _EPOCH) // timedelta(microseconds=1)  # exact: no float seconds
 
 
 def load_outages(path: Path) -> dict[str, list[Outage]]:

@@ -13,9 +13,12 @@ import pytest
 
 from fleetstream.adapters.store.duckdb import DuckDBStore
 from fleetstream.domain.events import DeviceTwin
+from fleetstream.domain.failure_truth import Outage
 from fleetstream.domain.timeutil import us_to_iso
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.ports import Derived
+from fleetstream.predictor_training import load_outages
+from fleetstream.simulator.failures import write_failures
 
 from ._support import ServerProcess
 
@@ -185,3 +188,35 @@ def test_train_explains_bad_input(tmp_path: Path) -> None:
     assert "nothing to learn from" in nothing.stderr
     assert "Traceback" not in gone.stderr + broken.stderr + unmapped.stderr + nothing.stderr
     assert _stored_rounds(db) == []
+
+
+def test_the_failures_file_reads_the_same_as_json_lines_and_as_csv(tmp_path: Path) -> None:
+    rows = [
+        {
+            "device_id": "host-0003",
+            "type": "Host Monitor",
+            "degraded_at": "2026-11-29T20:31:12.500Z",
+            "failing_at": "2026-11-29T20:36:40.100Z",
+            "failed_at": "2026-11-29T20:38:02.900Z",
+            "recovered_at": None,
+        },
+        {
+            "device_id": "host-0003",
+            "type": "Host Monitor",
+            "degraded_at": "2026-11-29T21:00:00.000Z",
+            "failing_at": None,
+            "failed_at": None,
+            "recovered_at": "2026-11-29T21:04:00.000Z",
+        },
+    ]
+    write_failures(tmp_path / "f.jsonl", rows)
+    write_failures(tmp_path / "f.csv", rows)
+    at = 1_795_984_272_500_000  # 2026-11-29T20:31:12.500Z
+    expected = {
+        "host-0003": [
+            Outage("host-0003", at, at + 327_600_000, at + 410_400_000, None),
+            Outage("host-0003", at + 1_727_500_000, None, None, at + 1_967_500_000),
+        ]
+    }
+    assert load_outages(tmp_path / "f.jsonl") == expected
+    assert load_outages(tmp_path / "f.csv") == expected
