@@ -208,6 +208,9 @@ class RuleBook:
         out = RuleOutput()
         for engine in self._engines.values():
             engine.on_time(now_us, out.transitions)
+        # In event-time order (stable: one alert's transitions keep theirs), not in timer-heap order.
+        rank = {rid: i for i, rid in enumerate(self._engines)}
+        out.transitions.sort(key=lambda t: (t.ts, rank[t.rule_id], t.device_id))
         return out
 
     def _positions(self, rows: Rows, out: RuleOutput) -> None:
@@ -231,34 +234,35 @@ class RuleBook:
         row = np.array([f[0] for f in found], np.intp)
         pdev = rows.dev[row]
         pts = np.array([f[2] for f in found], np.int64)
-        lats = np.array([f[3] for f in found], np.float64)
-        lons = np.array([f[4] for f in found], np.float64)
+        lats = [f[3] for f in found]
+        lons = [f[4] for f in found]
         member = np.empty((len(found), len(self._zone_ids)), np.bool_)
         for j, zid in enumerate(self._zone_ids):
             member[:, j] = self._zones[zid].contains_many(lats, lons)
-        at = Rows(pdev, [rows.ids[i] for i in row.tolist()], rows.types[row], rows.sensors[row], lats, pts)
+        at = Rows(
+            pdev,
+            [rows.ids[i] for i in row.tolist()],
+            rows.types[row],
+            rows.sensors[row],
+            rows.values[row],
+            pts,
+        )
         zone_rules = [e for e in self._engines.values() if isinstance(e, ZoneEngine)]
         scopes = [at.scope(e.rule) for e in zone_rules]
         column = {zid: j for j, zid in enumerate(self._zone_ids)}
+        crossed: list[tuple[int, int, ZoneCrossing]] = []
         for r in rounds(pdev):
             d, cur = pdev[r], member[r]
             for i, j in zip(*np.nonzero(self._inside[d] != cur), strict=True):
                 p = int(r[i])
-                out.crossings.append(
-                    ZoneCrossing(
-                        at.ids[p],
-                        self._zone_ids[j],
-                        bool(cur[i, j]),
-                        int(pts[p]),
-                        float(lats[p]),
-                        float(lons[p]),
-                    )
-                )
+                z = ZoneCrossing(at.ids[p], self._zone_ids[j], bool(cur[i, j]), int(pts[p]), lats[p], lons[p])
+                crossed.append((p, int(j), z))
             self._inside[d] = cur
             for e, scope in zip(zone_rules, scopes, strict=True):
                 col = column.get(e.rule.zone_id)
                 inside = None if col is None else cur[:, col]
                 e.on_positions(d, pts[r], inside, None if scope is None else scope[r], out.transitions)
+        out.crossings += [z for _, _, z in sorted(crossed, key=lambda c: c[:2])]  # log order, then zone id
 
     # -- state --------------------------------------------------------------------------------------
 
