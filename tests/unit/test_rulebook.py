@@ -117,6 +117,7 @@ def test_kinds_parse_to_their_classes_with_defaults() -> None:
         ({**HOT, "webhook": "ftp://x"}, "rule 'hot': webhook must be an http:// or https:// URL"),
         ({**HOT, "scope": {"devices": "d1"}}, "rule 'hot': scope.devices must be a list of device ids"),
         ({"id": "r"}, "rule: missing field 'when'"),
+        ({**HOT, "treshold": 3}, "rule 'hot': unknown field(s) 'treshold'"),
         ({"id": "r", "when": {"sensor": "t", "op": "~"}}, "condition on 't': unknown operator '~'"),
         ({"id": "r", "when": {"sensor": "t", "op": ">", "threshold": "hot"}}, "rule 'r': could not convert"),
         ({"id": "r", "when": {"all": []}}, "rule 'r': 'all' needs a non-empty list"),
