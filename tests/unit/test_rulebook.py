@@ -230,6 +230,19 @@ def test_a_position_pairs_latitude_and_longitude_of_the_same_event_time_across_b
     ).crossings == [ZoneCrossing("t1", "depot", True, 2 * S, 3.0, 2.0)]
 
 
+def test_non_finite_readings_are_no_position_and_no_rate() -> None:
+    rules = [
+        parse_rule({"kind": "zone", "id": "home", "zone_id": "depot"}),
+        parse_rule({"kind": "rate", "id": "jump", "sensor": "temp", "max_per_s": 2}),
+    ]
+    book = RuleBook(rules, [parse_zone(DEPOT)])
+    nan = math.nan
+    out = feed(book, at("t1", 2, 2, S) + at("t1", nan, 2, 2 * S) + at("t1", 2, math.inf, 3 * S))
+    assert (kinds(out), len(out.crossings)) == ([], 1)
+    temps = [("d1", "Oven", "temp", v, t * S) for t, v in [(0, 10.0), (1, nan), (2, 11.0), (3, 20.0)]]
+    assert kinds(feed(book, temps)) == [("open", "jump", "d1", 3 * S)]
+
+
 def test_a_zone_rule_naming_an_unknown_zone_never_fires() -> None:
     book = RuleBook([parse_rule({"kind": "zone", "id": "z", "zone_id": "nowhere"})], [parse_zone(DEPOT)])
     assert kinds(feed(book, at("t1", 50, 50, S))) == []

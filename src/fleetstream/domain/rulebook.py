@@ -214,7 +214,8 @@ class RuleBook:
         return out
 
     def _positions(self, rows: Rows, out: RuleOutput) -> None:
-        lat_rows, lon_rows = rows.sensor(LATITUDE), rows.sensor(LONGITUDE)
+        finite = np.isfinite(rows.values)  # a NaN coordinate is no position, not one outside every zone
+        lat_rows, lon_rows = rows.sensor(LATITUDE) & finite, rows.sensor(LONGITUDE) & finite
         found: list[tuple[int, int, int, float, float]] = []  # (row, device, ts, lat, lon)
         halves = self._halves
         for i in np.flatnonzero(lat_rows | lon_rows).tolist():
