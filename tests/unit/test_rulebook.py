@@ -376,7 +376,9 @@ def test_update_of_a_zone_restarts_the_rules_that_name_it() -> None:
     assert kinds(feed(book, at("t1", 20, 20, S))) == [("open", "home", "t1", S)]
     assert kinds(book.update([rule], [parse_zone(DEPOT)], 2 * S)) == []
     wider = parse_zone({**DEPOT, "rectangle": {"south": 0, "west": 0, "north": 30, "east": 30}})
-    assert kinds(book.update([rule], [wider], 3 * S)) == [("clear", "home", "t1", 3 * S)]
+    cleared = book.update([rule], [wider], 3 * S)
+    assert kinds(cleared) == [("clear", "home", "t1", 3 * S)]
+    assert cleared.transitions[0].message == "cleared: zone depot changed"
     out = feed(book, at("t1", 20, 20, 4 * S))
     assert (kinds(out), out.crossings) == ([], [ZoneCrossing("t1", "depot", True, 4 * S, 20.0, 20.0)])
 

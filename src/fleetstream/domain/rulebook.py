@@ -138,8 +138,13 @@ class RuleBook:
                 engines[rid] = self._fresh(rule)
         for rid, old in self._engines.items():
             if engines.get(rid) is not old:
-                gone = "removed" if rid not in new_rules else "redefined"
-                out.transitions += old.close(now_us, f"cleared: rule {rid} {gone}")
+                if rid not in new_rules:
+                    why = f"rule {rid} removed"
+                elif new_rules[rid] == old.rule and isinstance(old.rule, ZoneRule):
+                    why = f"zone {old.rule.zone_id} changed"
+                else:
+                    why = f"rule {rid} redefined"
+                out.transitions += old.close(now_us, f"cleared: {why}")
         self._engines = engines
         if moved:
             ids = sorted(new_zones)
