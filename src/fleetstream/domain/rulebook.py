@@ -245,9 +245,10 @@ class RuleBook:
         pts = np.array([f[2] for f in found], np.int64)
         lats = [f[3] for f in found]
         lons = [f[4] for f in found]
+        lat_array, lon_array = np.array(lats, np.float64), np.array(lons, np.float64)
         member = np.empty((len(found), len(self._zone_ids)), np.bool_)
         for j, zid in enumerate(self._zone_ids):
-            member[:, j] = self._zones[zid].contains_many(lats, lons)
+            member[:, j] = self._zones[zid].contains_many(lat_array, lon_array)
         at = Rows(
             pdev,
             [rows.ids[i] for i in row.tolist()],
