@@ -1,0 +1,286 @@
+"""One consumer of a Kafka bus topic in a consumer group, as an async iterator of batches.
+
+Offsets are committed by hand, never automatically: :meth:`KafkaBatch.commit`
+commits, per partition, the offset after the batch's last record, so a new
+member of the group (after a crash, a restart or a rebalance) starts right
+after what was committed and nothing committed is ever read again by the
+group. :meth:`KafkaBatch.fail` commits nothing and rewinds the batch's
+partitions, so its records come again (after ``fail_backoff_s``); until they
+are committed, no later commit moves those partitions past them.
+
+Group settings (see docs/kafka.md): a member that dies stops heartbeating and
+the broker gives its partitions to the survivors once ``session.timeout.ms``
+(6 s) has passed; heartbeats every 1.5 s leave room for three to be lost before
+that. Assignment is ``range``: it is what every Kafka-protocol broker and
+client support, and Tansu, the test broker, relays the members' protocols
+without knowing them, so the incremental (cooperative) protocol would not save
+us a stop-the-world rebalance there anyway. A member leaving cleanly
+(``close``) leaves the group at once, so a rebalance happens without waiting.
+
+librdkafka's consumer blocks: ``consume`` runs in a worker thread and decodes
+there; rebalance callbacks fire inside it and wait while the hooks run on the
+event loop, which is free (it is only awaiting that thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from fleetstream.adapters.bus.codec import UndecodableMessage, decode_slice
+from fleetstream.domain.batch import Batch, concat
+from fleetstream.ports import PartitionsHook
+
+if TYPE_CHECKING:
+    from fleetstream.adapters.bus.kafka import KafkaBus
+
+log = logging.getLogger(__name__)
+
+_FETCH_TIMEOUT_S = 0.2  # how often the consume thread looks whether the bus closed
+_HOOK_TIMEOUT_S = 60.0  # a rebalance hook that takes longer is given up on (it keeps running)
+
+
+def group_config(group: str) -> dict[str, Any]:
+    """librdkafka settings of a member of ``group`` (see the module docstring for why)."""
+    return {
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1500,
+        "partition.assignment.strategy": "range",
+        # a topic created after the subscription (by the first publish) is seen within seconds
+        "topic.metadata.refresh.interval.ms": 5000,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    partition: int
+    offset: int
+    batch: Batch
+
+
+class KafkaBatch:
+    """Records of one or more partitions, handed to one consumer; see the module docstring."""
+
+    def __init__(self, sub: Subscription, records: list[_Record]) -> None:
+        self._sub = sub
+        self.batch = concat([r.batch for r in records]) if records else Batch()
+        self.first: dict[int, int] = {}
+        self.next: dict[int, int] = {}
+        for r in records:
+            self.first.setdefault(r.partition, r.offset)
+            self.next[r.partition] = r.offset + 1
+        self._done = False
+
+    async def commit(self) -> None:
+        if not self._done:
+            self._done = True
+            await self._sub.commit(self)
+
+    async def fail(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            log.warning(
+                "Kafka bus: a batch of %d records failed (%s); it is taken again", self.batch.records, exc
+            )
+            await self._sub.rewind(self)
+
+
+class Subscription:
+    """The state of one consumer: its assignment, records fetched and not yet handed out, commits."""
+
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topic: str,
+        config: dict[str, Any],
+        max_records: int,
+        on_assign: PartitionsHook | None,
+        on_revoke: PartitionsHook | None,
+    ) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.config = config
+        self.max_records = max(1, max_records)
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.assigned: set[int] = set()
+        self.committed: dict[int, int] = {}
+        self.floor: dict[int, int] = {}  # partition -> offset of a failed record not yet committed
+        self.commit_failures = 0
+        self._buffer: deque[_Record] = deque()
+        self._position: dict[int, int | None] = {}  # partition -> offset of its next record
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def batches(self) -> AsyncIterator[KafkaBatch]:
+        self._loop = asyncio.get_running_loop()
+        while not await self._ready():
+            await asyncio.sleep(1.0)
+        consumer = Consumer(self.config)
+        self._consumer = consumer
+        consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        log.info("Kafka bus: consuming %r in group %r", self.topic, self.config["group.id"])
+        fetch = min(self.max_records, 1000)
+        try:
+            while not self.bus.closing:
+                if not self._buffer:
+                    self._keep(await asyncio.to_thread(self._fetch, consumer, fetch))
+                    continue
+                yield KafkaBatch(self, self._take())
+        finally:
+            self._consumer = None
+            with contextlib.suppress(KafkaException, RuntimeError):
+                # leaves the group now: the other members get its partitions without a timeout
+                await asyncio.to_thread(consumer.close)
+
+    async def _ready(self) -> bool:
+        """Whether the topic exists (created now if needed); False (after a log line) if unreachable."""
+        try:
+            await self.bus.ensure_topic(self.topic)
+        except Exception as exc:
+            if self.bus.closing:
+                return True
+            log.warning("Kafka bus: cannot subscribe to %r yet: %s", self.topic, exc)
+            return False
+        return True
+
+    def _keep(self, records: list[_Record]) -> None:
+        """Buffer fetched records of partitions still ours, each partition's in unbroken offset order.
+
+        Records fetched before a rebalance or a rewind finished can come back after it: those of a
+        partition no longer assigned, or not following on from where the partition now reads, are
+        dropped (they come again from the right offset).
+        """
+        for r in records:
+            expected = self._position.get(r.partition)
+            if r.partition in self.assigned and expected in (None, r.offset):
+                self._buffer.append(r)
+                self._position[r.partition] = r.offset + 1
+
+    def _take(self) -> list[_Record]:
+        taken = [self._buffer.popleft()]
+        count = taken[0].batch.records
+        while self._buffer and count + self._buffer[0].batch.records <= self.max_records:
+            record = self._buffer.popleft()
+            taken.append(record)
+            count += record.batch.records
+        return taken
+
+    def _fetch(self, consumer: Consumer, n: int) -> list[_Record]:
+        """Consume and decode (on a worker thread)."""
+        try:
+            messages = consumer.consume(num_messages=n, timeout=_FETCH_TIMEOUT_S)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("Kafka bus: consume failed: %s", exc)
+            return []
+        return [r for r in map(self._record, messages) if r is not None]
+
+    def _record(self, message: Message) -> _Record | None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("Kafka bus: %s", error.str())
+            return None
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None
+        assert offset is not None
+        try:
+            batch = decode_slice(message.value() or b"")
+        except UndecodableMessage as exc:
+            # kept as an empty batch so that committing moves past it
+            log.error("Kafka bus: skipping %s[%d]@%d: %s", self.topic, partition, offset, exc)
+            batch = Batch()
+        return _Record(partition, offset, batch)
+
+    # -- commits -----------------------------------------------------------------------------
+
+    async def commit(self, taken: KafkaBatch) -> None:
+        offsets = []
+        for partition, after in taken.next.items():
+            floor = self.floor.get(partition)
+            if floor is not None:
+                if taken.first[partition] > floor:
+                    after = floor  # a failed record before this batch is not committed yet
+                else:
+                    del self.floor[partition]
+            if partition in self.assigned and after > self.committed.get(partition, -1):
+                offsets.append(TopicPartition(self.topic, partition, after))
+        consumer = self._consumer
+        if not offsets or consumer is None:
+            return
+        try:
+            await asyncio.to_thread(consumer.commit, offsets=offsets, asynchronous=False)
+        except (KafkaException, RuntimeError) as exc:
+            # not fatal: the records are delivered again (to this member or another) and deduplicated
+            self.commit_failures += 1
+            log.warning("Kafka bus: offset commit failed: %s", exc)
+            return
+        for tp in offsets:
+            self.committed[tp.partition] = max(tp.offset, self.committed.get(tp.partition, -1))
+
+    async def rewind(self, taken: KafkaBatch) -> None:
+        consumer = self._consumer
+        for partition, first in taken.first.items():
+            self.floor[partition] = min(first, self.floor.get(partition, first))
+            self._buffer = deque(r for r in self._buffer if r.partition != partition or r.offset < first)
+            self._position[partition] = first
+            if consumer is not None and partition in self.assigned:
+                try:
+                    await asyncio.to_thread(consumer.seek, TopicPartition(self.topic, partition, first))
+                except (KafkaException, RuntimeError) as exc:
+                    log.warning("Kafka bus: rewinding partition %d failed: %s", partition, exc)
+        await asyncio.sleep(self.bus.fail_backoff_s)
+
+    # -- rebalances (called on the consume thread, inside consume or close) --------------------
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_loop(self._gain([tp.partition for tp in partitions]))
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_loop(self._lose([tp.partition for tp in partitions]))
+
+    def _on_loop(self, step: Awaitable[None]) -> None:
+        assert self._loop is not None
+
+        async def run() -> None:
+            await step
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(_HOOK_TIMEOUT_S)
+
+    async def _gain(self, partitions: list[int]) -> None:
+        self.assigned.update(partitions)
+        for p in partitions:
+            self._position[p] = None
+        log.info("Kafka bus: %r partitions assigned: %s", self.topic, sorted(partitions))
+        await _call(self.on_assign, sorted(partitions))
+
+    async def _lose(self, partitions: list[int]) -> None:
+        gone = set(partitions)
+        self.assigned -= gone
+        for p in gone:
+            self.committed.pop(p, None)
+            self.floor.pop(p, None)
+            self._position.pop(p, None)
+        # not handed out yet: the new owner reads them from the committed offset
+        self._buffer = deque(r for r in self._buffer if r.partition not in gone)
+        log.info("Kafka bus: %r partitions revoked: %s", self.topic, sorted(gone))
+        await _call(self.on_revoke, sorted(gone))
+
+
+async def _call(hook: PartitionsHook | None, partitions: list[int]) -> None:
+    if hook is None:
+        return
+    result = hook(partitions)
+    if result is not None:
+        await result
