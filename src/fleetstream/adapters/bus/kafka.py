@@ -136,6 +136,7 @@ class KafkaBus:
         self._poller: threading.Thread | None = None
         self._halt = threading.Event()
         self._ready: set[str] = set()
+        self._topic_lock = asyncio.Lock()
         self._pending: set[_Delivery] = set()
         self._fatal = False
 
@@ -222,9 +223,13 @@ class KafkaBus:
         Raises:
             BusUnavailable: the broker did not answer within the delivery timeout.
         """
-        if name not in self._ready:
-            await asyncio.to_thread(self._create_if_missing, name)
-            self._ready.add(name)
+        if name in self._ready:
+            return
+        # one look at a time, and waiters resume in arrival order: publishes stay in call order
+        async with self._topic_lock:
+            if name not in self._ready:
+                await asyncio.to_thread(self._create_if_missing, name)
+                self._ready.add(name)
 
     def _create_if_missing(self, name: str) -> None:
         admin = self._admin

@@ -119,7 +119,7 @@ class Subscription:
         self.floor: dict[int, int] = {}  # partition -> offset of a failed record not yet committed
         self.commit_failures = 0
         self._buffer: deque[_Record] = deque()
-        self._position: dict[int, int | None] = {}  # partition -> offset of its next record
+        self._rewound: dict[int, int] = {}  # partition -> offset it was rewound to, not fetched yet
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -156,17 +156,21 @@ class Subscription:
         return True
 
     def _keep(self, records: list[_Record]) -> None:
-        """Buffer fetched records of partitions still ours, each partition's in unbroken offset order.
+        """Buffer fetched records of partitions still ours.
 
         Records fetched before a rebalance or a rewind finished can come back after it: those of a
-        partition no longer assigned, or not following on from where the partition now reads, are
-        dropped (they come again from the right offset).
+        partition no longer assigned are dropped, and after a rewind a partition's records are
+        dropped until the one rewound to comes again (they follow it).
         """
         for r in records:
-            expected = self._position.get(r.partition)
-            if r.partition in self.assigned and expected in (None, r.offset):
-                self._buffer.append(r)
-                self._position[r.partition] = r.offset + 1
+            if r.partition not in self.assigned:
+                continue
+            rewound = self._rewound.get(r.partition)
+            if rewound is not None:
+                if r.offset != rewound:
+                    continue
+                del self._rewound[r.partition]
+            self._buffer.append(r)
 
     def _take(self) -> list[_Record]:
         taken = [self._buffer.popleft()]
@@ -234,12 +238,15 @@ class Subscription:
         for partition, first in taken.first.items():
             self.floor[partition] = min(first, self.floor.get(partition, first))
             self._buffer = deque(r for r in self._buffer if r.partition != partition or r.offset < first)
-            self._position[partition] = first
-            if consumer is not None and partition in self.assigned:
-                try:
-                    await asyncio.to_thread(consumer.seek, TopicPartition(self.topic, partition, first))
-                except (KafkaException, RuntimeError) as exc:
-                    log.warning("Kafka bus: rewinding partition %d failed: %s", partition, exc)
+            if consumer is None or partition not in self.assigned:
+                continue  # its next owner reads from the committed offset
+            self._rewound[partition] = first
+            try:
+                await asyncio.to_thread(consumer.seek, TopicPartition(self.topic, partition, first))
+            except (KafkaException, RuntimeError) as exc:
+                # the records come again after the next rebalance or restart (nothing past them is committed)
+                self._rewound.pop(partition, None)
+                log.warning("Kafka bus: rewinding partition %d failed: %s", partition, exc)
         await asyncio.sleep(self.bus.fail_backoff_s)
 
     # -- rebalances (called on the consume thread, inside consume or close) --------------------
@@ -261,7 +268,7 @@ class Subscription:
     async def _gain(self, partitions: list[int]) -> None:
         self.assigned.update(partitions)
         for p in partitions:
-            self._position[p] = None
+            self._rewound.pop(p, None)
         log.info("Kafka bus: %r partitions assigned: %s", self.topic, sorted(partitions))
         await _call(self.on_assign, sorted(partitions))
 
@@ -271,7 +278,7 @@ class Subscription:
         for p in gone:
             self.committed.pop(p, None)
             self.floor.pop(p, None)
-            self._position.pop(p, None)
+            self._rewound.pop(p, None)
         # not handed out yet: the new owner reads them from the committed offset
         self._buffer = deque(r for r in self._buffer if r.partition not in gone)
         log.info("Kafka bus: %r partitions revoked: %s", self.topic, sorted(gone))
