@@ -1,0 +1,107 @@
+"""The Kafka bus across a broker restart: publishes fail (BusUnavailable) while the broker is down,
+succeed again once it is back, and every acknowledged record reaches the consumer group.
+
+Tansu keeps its log in memory, so a restart empties it: what was acknowledged before the stop is
+checked to have been consumed before the stop, what is acknowledged after the restart to be
+consumed after it (the bus recreates the topic, the consumer rejoins its group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from fleetstream.adapters.bus.kafka import KafkaBus
+from fleetstream.domain.batch import Batch
+from fleetstream.domain.records import DeviceMessage, Reading
+from fleetstream.errors import BusUnavailable
+
+from ..servers import Tansu
+
+pytestmark = pytest.mark.integration
+
+pytest.importorskip("confluent_kafka")
+
+TIMEOUT_S = 3.0
+Row = tuple[str, int]
+
+
+@pytest.fixture
+def broker() -> Iterator[Tansu]:
+    """A Tansu of this test's own, since the test stops and restarts it."""
+    tansu = Tansu.launch()
+    try:
+        yield tansu
+    finally:
+        tansu.close()
+
+
+def batch(first: int, count: int) -> Batch:
+    devices = [f"restart-{d}" for d in range(6)]
+    return Batch.from_messages(
+        DeviceMessage(d, i, "telemetry", "Sensor", [Reading(d, i, "t", float(i))])
+        for i in range(first, first + count)
+        for d in devices
+    )
+
+
+def rows(b: Batch) -> set[Row]:
+    return set(zip(b.device_id, b.ts, strict=True))
+
+
+async def until(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+def test_publish_fails_while_the_broker_is_down_and_resumes_after_it_restarts(broker: Tansu) -> None:
+    bus = KafkaBus(f"kafka://{broker.bootstrap}", partitions=2, delivery_timeout_s=TIMEOUT_S)
+    seen: set[Row] = set()
+    acknowledged: set[Row] = set()
+
+    async def consume() -> None:
+        async with contextlib.aclosing(bus.subscribe("readings", "restart", 1000)) as batches:
+            async for b in batches:
+                seen.update(rows(b.batch))
+                await b.commit()
+
+    async def scenario() -> float:
+        await bus.start()
+        consumer = asyncio.create_task(consume())
+        before = batch(0, 5)
+        await bus.publish("readings", before)
+        acknowledged.update(rows(before))
+        await until(lambda: acknowledged <= seen, 30)
+
+        broker.stop()
+        started = time.monotonic()
+        with pytest.raises(BusUnavailable, match=r"Kafka broker 127\.0\.0\.1:\d+"):
+            await bus.publish("readings", batch(5, 5))
+        refused_after = time.monotonic() - started
+
+        broker.start()
+        after = batch(10, 5)
+        deadline = time.monotonic() + 60
+        while True:  # as a gateway's client would: retry on 503
+            try:
+                await bus.publish("readings", after)
+                break
+            except BusUnavailable:
+                assert time.monotonic() < deadline, "the bus did not recover"
+                await asyncio.sleep(0.5)
+        acknowledged.update(rows(after))
+        await until(lambda: acknowledged <= seen, 60)
+        await bus.close()
+        await asyncio.wait_for(consumer, 30)
+        return refused_after
+
+    refused_after = asyncio.run(scenario())
+    assert TIMEOUT_S - 0.5 < refused_after < TIMEOUT_S + 5
+    assert acknowledged <= seen
+    assert len(acknowledged) == 6 * 10
