@@ -43,7 +43,7 @@ from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import free_port  # noqa: E402
+from _harness import free_port
 
 S = 1_000_000
 
