@@ -37,13 +37,11 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from _harness import free_port
 from fleetstream.adapters.bus.codec import split_by_device
 from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import free_port
 
 S = 1_000_000
 

@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from fleetstream.adapters.bus.codec import UndecodableMessage, decode_slice
-from fleetstream.domain.batch import Batch, concat
+from fleetstream.adapters.bus.codec import Slice, UndecodableMessage, join_slices, read_slice
 from fleetstream.ports import PartitionsHook
 
 if TYPE_CHECKING:
@@ -66,7 +65,8 @@ def group_config(group: str) -> dict[str, Any]:
 class _Record:
     partition: int
     offset: int
-    batch: Batch
+    piece: Slice | None  # None: not a slice (skipped, but committed past)
+    records: int
 
 
 class KafkaBatch:
@@ -74,7 +74,7 @@ class KafkaBatch:
 
     def __init__(self, sub: Subscription, records: list[_Record]) -> None:
         self._sub = sub
-        self.batch = concat([r.batch for r in records]) if records else Batch()
+        self.batch = join_slices([r.piece for r in records if r.piece is not None])
         self.first: dict[int, int] = {}
         self.next: dict[int, int] = {}
         for r in records:
@@ -174,11 +174,11 @@ class Subscription:
 
     def _take(self) -> list[_Record]:
         taken = [self._buffer.popleft()]
-        count = taken[0].batch.records
-        while self._buffer and count + self._buffer[0].batch.records <= self.max_records:
+        count = taken[0].records
+        while self._buffer and count + self._buffer[0].records <= self.max_records:
             record = self._buffer.popleft()
             taken.append(record)
-            count += record.batch.records
+            count += record.records
         return taken
 
     def _fetch(self, consumer: Consumer, n: int) -> list[_Record]:
@@ -200,12 +200,12 @@ class Subscription:
         assert partition is not None
         assert offset is not None
         try:
-            batch = decode_slice(message.value() or b"")
+            piece = read_slice(message.value() or b"")
         except UndecodableMessage as exc:
-            # kept as an empty batch so that committing moves past it
+            # kept, empty, so that committing moves past it
             log.error("Kafka bus: skipping %s[%d]@%d: %s", self.topic, partition, offset, exc)
-            batch = Batch()
-        return _Record(partition, offset, batch)
+            return _Record(partition, offset, None, 0)
+        return _Record(partition, offset, piece, piece.records)
 
     # -- commits -----------------------------------------------------------------------------
 
