@@ -1,5 +1,6 @@
-"""The Kafka bus across a broker restart: publishes fail (BusUnavailable) while the broker is down,
-succeed again once it is back, and every acknowledged record reaches the consumer group.
+"""The Kafka bus across failures: a broker restart (publishes fail with BusUnavailable while it is
+down, succeed again once it is back, and every acknowledged record reaches the consumer group) and a
+consumer group member killed (its partitions move to the survivor within 10 s).
 
 Tansu keeps its log in memory, so a restart empties it: what was acknowledged before the stop is
 checked to have been consumed before the stop, what is acknowledged after the restart to be
@@ -10,8 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +111,58 @@ def test_publish_fails_while_the_broker_is_down_and_resumes_after_it_restarts(br
     assert TIMEOUT_S - 0.5 < refused_after < TIMEOUT_S + 5
     assert acknowledged <= seen
     assert len(acknowledged) == 6 * 10
+
+
+_MEMBER = """
+import asyncio, sys
+from fleetstream.adapters.bus.kafka import KafkaBus
+
+async def main() -> None:
+    bus = KafkaBus(sys.argv[1], partitions=4)
+    await bus.start()
+    hooks = {"on_assign": lambda p: print("assigned", p, flush=True)}
+    async for b in bus.subscribe(sys.argv[2], sys.argv[3], 100, **hooks):
+        await b.commit()
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_members_partitions_move_to_the_survivor_within_10_s(
+    module_tansu: Tansu, tmp_path: Path
+) -> None:
+    topic, group = f"kill-{uuid.uuid4().hex[:8]}", "workers"
+    url = f"kafka://{module_tansu.bootstrap}"
+    out = tmp_path / "member.log"
+    with out.open("wb") as sink:
+        member = subprocess.Popen(
+            [sys.executable, "-c", _MEMBER, url, topic, group], stdout=sink, stderr=subprocess.STDOUT
+        )
+    owned: set[int] = set()
+
+    async def scenario() -> float:
+        bus = KafkaBus(url, partitions=4)
+        await bus.start()
+        await until(lambda: "assigned [0, 1, 2, 3]" in out.read_text(), 30)
+        hooks: dict[str, Any] = {
+            "on_assign": lambda p: owned.update(p),
+            "on_revoke": lambda p: owned.difference_update(p),
+        }
+        batches = bus.subscribe(topic, group, 100, **hooks)
+        survivor = asyncio.create_task(anext(batches, None))  # takes part in the group while it waits
+        await until(lambda: len(owned) == 2, 30)  # the group split: two partitions each
+        member.kill()
+        killed = time.monotonic()
+        await until(lambda: owned == {0, 1, 2, 3}, 30)
+        moved_after = time.monotonic() - killed
+        await bus.close()
+        await asyncio.wait_for(survivor, 10)
+        await batches.aclose()  # type: ignore[attr-defined]
+        return moved_after
+
+    try:
+        moved_after = asyncio.run(scenario())
+    finally:
+        member.kill()
+        member.wait(10)
+    assert moved_after < 10, out.read_text()
