@@ -1,6 +1,7 @@
 """The Kafka bus across failures: a broker restart (publishes fail with BusUnavailable while it is
 down, succeed again once it is back, and every acknowledged record reaches the consumer group) and a
-consumer group member killed (its partitions move to the survivor within 10 s).
+consumer group member killed (its partitions move to the survivor within 10 s); and `fleetstream up`
+with its bus on Kafka.
 
 Tansu keeps its log in memory, so a restart empties it: what was acknowledged before the stop is
 checked to have been consumed before the stop, what is acknowledged after the restart to be
@@ -27,6 +28,7 @@ from fleetstream.domain.records import DeviceMessage, Reading
 from fleetstream.errors import BusUnavailable
 
 from ..servers import Tansu
+from ._support import ServerProcess, metrics, reading, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +168,18 @@ def test_a_killed_members_partitions_move_to_the_survivor_within_10_s(
         member.kill()
         member.wait(10)
     assert moved_after < 10, out.read_text()
+
+
+def test_the_embedded_pipeline_runs_on_the_kafka_bus(
+    module_tansu: Tansu, start: Callable[..., ServerProcess], dev: str
+) -> None:
+    bus = f"kafka://{module_tansu.bootstrap}/readings-{uuid.uuid4().hex[:8]}"
+    srv = start(env={"FLEETSTREAM_BUS": bus})
+    body = [reading(f"{dev}-{i % 3}", i, float(i)) for i in range(30)]
+    status, answer = srv.call("POST", "/api/v1/telemetry", body)  # 202 once the broker has it
+    assert (status, answer) == (202, {"accepted": 30, "rejected": []})
+
+    devices = [f"{dev}-{d}" for d in range(3)]
+    wait_for(lambda: metrics(srv, devices, agg="count").get("temperature", {}).get("count") == 30, 20)
+    assert metrics(srv, devices, agg="count,sum")["temperature"] == {"count": 30, "sum": sum(range(30))}
+    assert "Kafka bus: created topic" in srv.output()

@@ -101,6 +101,10 @@ class KafkaBus:
         delivery_timeout_s: how long a publish may wait for the broker before BusUnavailable.
         config: extra librdkafka settings for the producer, consumers and admin client.
         fail_backoff_s: pause after a consumer's ``fail`` before its records are taken again.
+        max_pending: messages the producer may hold unacknowledged before Overloaded (the
+            runtime passes its ingest queue bound; each message holds one or more records).
+        ack_timeout_s: the runtime's longest wait for durability; the delivery timeout is the
+            smaller of the two.
     """
 
     def __init__(
@@ -112,12 +116,15 @@ class KafkaBus:
         delivery_timeout_s: float = 8.0,
         config: dict[str, Any] | None = None,
         fail_backoff_s: float = 0.5,
+        max_pending: int | None = None,
+        ack_timeout_s: float | None = None,
     ) -> None:
         self.endpoint, from_url = parse_bus_url(url)
         self.url = url
         self.partitions = from_url or partitions
         self.replication_factor = replication_factor
-        self.delivery_timeout_s = delivery_timeout_s
+        self.delivery_timeout_s = min(delivery_timeout_s, ack_timeout_s or delivery_timeout_s)
+        self.max_pending = max_pending
         self.fail_backoff_s = fail_backoff_s
         self.extra_config = dict(config or {})
         self.config: dict[str, Any] = {
@@ -172,6 +179,7 @@ class KafkaBus:
         self._fatal = False
         return Producer(
             {
+                **({"queue.buffering.max.messages": self.max_pending} if self.max_pending else {}),
                 **self.config,
                 "acks": "all",
                 "enable.idempotence": True,
