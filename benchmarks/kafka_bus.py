@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import subprocess
@@ -175,6 +176,10 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     try:
         batches = workload(args.readings, args.batch, args.devices)
         messages = [piece for b in batches for piece in split_by_device(b)]
+        # as `fleetstream up` does (cli.py): the workload is long-lived, and the default thresholds
+        # would rescan it on every few thousand allocations
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         bus_topic, raw_topic = "bench-bus", "bench-raw"
         create(bootstrap, raw_topic, args.partitions)
         bus = KafkaBus(f"kafka://{bootstrap}/{bus_topic}?partitions={args.partitions}")
