@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -124,6 +125,8 @@ class Subscription:
         self.commit_failures = 0
         self._buffer: deque[_Record] = deque()
         self._rewound: dict[int, int] = {}  # partition -> offset it was rewound to, not fetched yet
+        self._committing = asyncio.Lock()
+        self._in_client = threading.Lock()  # consume and close never run at once
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -144,9 +147,13 @@ class Subscription:
                 yield KafkaBatch(self, self._take())
         finally:
             self._consumer = None
-            with contextlib.suppress(KafkaException, RuntimeError):
-                # leaves the group now: the other members get its partitions without a timeout
-                await asyncio.to_thread(consumer.close)
+            # leaves the group now: the other members get its partitions without a timeout
+            await asyncio.to_thread(self._close, consumer)
+
+    def _close(self, consumer: Consumer) -> None:
+        """Close once a fetch still running (its task was cancelled) has returned."""
+        with self._in_client, contextlib.suppress(KafkaException, RuntimeError):
+            consumer.close()
 
     async def _ready(self) -> bool:
         """Whether the topic exists (created now if needed); False (after a log line) if unreachable."""
@@ -188,7 +195,8 @@ class Subscription:
     def _fetch(self, consumer: Consumer, n: int) -> list[_Record]:
         """Consume and decode (on a worker thread)."""
         try:
-            messages = consumer.consume(num_messages=n, timeout=_FETCH_TIMEOUT_S)
+            with self._in_client:
+                messages = consumer.consume(num_messages=n, timeout=_FETCH_TIMEOUT_S)
         except (KafkaException, RuntimeError) as exc:
             log.warning("Kafka bus: consume failed: %s", exc)
             return []
@@ -218,24 +226,28 @@ class Subscription:
         for partition, after in taken.next.items():
             floor = self.floor.get(partition)
             if floor is not None:
-                if taken.first[partition] > floor:
-                    after = floor  # a failed record before this batch is not committed yet
+                if taken.first[partition] == floor:
+                    del self.floor[partition]  # the failed records, taken again
                 else:
-                    del self.floor[partition]
+                    after = min(after, floor)  # never past a failed record not committed yet
             if partition in self.assigned and after > self.committed.get(partition, -1):
                 offsets.append(TopicPartition(self.topic, partition, after))
         consumer = self._consumer
         if not offsets or consumer is None:
             return
-        try:
-            await asyncio.to_thread(consumer.commit, offsets=offsets, asynchronous=False)
-        except (KafkaException, RuntimeError) as exc:
-            # not fatal: the records are delivered again (to this member or another) and deduplicated
-            self.commit_failures += 1
-            log.warning("Kafka bus: offset commit failed: %s", exc)
-            return
-        for tp in offsets:
-            self.committed[tp.partition] = max(tp.offset, self.committed.get(tp.partition, -1))
+        async with self._committing:  # one at a time: a later commit never lands before an earlier one
+            offsets = [tp for tp in offsets if tp.offset > self.committed.get(tp.partition, -1)]
+            if not offsets:
+                return
+            try:
+                await asyncio.to_thread(consumer.commit, offsets=offsets, asynchronous=False)
+            except (KafkaException, RuntimeError) as exc:
+                # not fatal: the records are delivered again (to this member or another), deduplicated
+                self.commit_failures += 1
+                log.warning("Kafka bus: offset commit failed: %s", exc)
+                return
+            for tp in offsets:
+                self.committed[tp.partition] = max(tp.offset, self.committed.get(tp.partition, -1))
 
     async def rewind(self, taken: KafkaBatch) -> None:
         consumer = self._consumer
