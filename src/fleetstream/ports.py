@@ -6,7 +6,7 @@ imports a driver. Every method that may wait is ``async``; none blocks the loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +18,10 @@ from fleetstream.domain.windows import LateReadings, WindowAggregate
 
 READINGS_TOPIC = "readings"
 """The topic of device messages, keyed by device id."""
+
+
+PartitionsHook = Callable[[list[int]], Awaitable[None] | None]
+"""Called with partition numbers when a consumer gains or loses them (may be ``async``)."""
 
 
 class BusBatch(Protocol):
@@ -62,9 +66,17 @@ class Bus(Protocol):
         """
         ...
 
-    def subscribe(self, topic: str, group: str, max_records: int) -> AsyncIterator[BusBatch]:
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        max_records: int,
+        *,
+        on_assign: PartitionsHook | None = None,
+        on_revoke: PartitionsHook | None = None,
+    ) -> AsyncIterator[BusBatch]:
         """Batches of about ``max_records`` records (at least one published batch) for one consumer of
-        ``group``."""
+        ``group``; ``on_assign``/``on_revoke`` get the partitions this consumer gains or loses."""
         ...
 
 

@@ -13,6 +13,7 @@ from fleetstream.errors import ConfigError
 
 BUSES: dict[str, str] = {
     "memory": "fleetstream.adapters.bus.memory:MemoryBus",
+    "kafka": "fleetstream.adapters.bus.kafka:KafkaBus",
 }
 STORES: dict[str, str] = {
     "duckdb": "fleetstream.adapters.store.duckdb:DuckDBStore",

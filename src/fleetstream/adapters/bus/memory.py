@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from fleetstream.domain.batch import Batch, concat
 from fleetstream.errors import BusUnavailable, Overloaded
+from fleetstream.ports import PartitionsHook
 
 
 @dataclass(slots=True, eq=False)
@@ -119,19 +120,38 @@ class MemoryBus:
             msg = f"not made durable within {self.ack_timeout_s:g} s; retry (re-sends are deduplicated)"
             raise Overloaded(msg, retry_after=self.ack_timeout_s / 10) from None
 
-    def subscribe(self, topic: str, group: str, max_records: int) -> AsyncIterator[MemoryBatch]:
-        """Join ``group`` now (publishes wait for it from this call on) and iterate its batches."""
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        max_records: int,
+        *,
+        on_assign: PartitionsHook | None = None,
+        on_revoke: PartitionsHook | None = None,
+    ) -> AsyncIterator[MemoryBatch]:
+        """Join ``group`` now (publishes wait for it from this call on) and iterate its batches.
+
+        The one consumer of a group holds the topic's one partition, 0: ``on_assign([0])`` runs
+        before the first batch, ``on_revoke([0])`` when the iterator ends.
+        """
         groups = self._topics.setdefault(topic, {})
         if group in groups:
             msg = f"group {group!r} already consumes {topic!r} (the memory bus has one consumer per group)"
             raise BusUnavailable(msg)
         queue = groups[group] = _GroupQueue()
-        return self._consume(groups, group, queue, max_records)
+        return self._consume(groups, group, queue, max_records, on_assign, on_revoke)
 
     async def _consume(
-        self, groups: dict[str, _GroupQueue], group: str, queue: _GroupQueue, max_records: int
+        self,
+        groups: dict[str, _GroupQueue],
+        group: str,
+        queue: _GroupQueue,
+        max_records: int,
+        on_assign: PartitionsHook | None,
+        on_revoke: PartitionsHook | None,
     ) -> AsyncIterator[MemoryBatch]:
         try:
+            await _call(on_assign)
             while True:
                 if not queue.entries:
                     if self._closing:
@@ -152,3 +172,11 @@ class MemoryBus:
             for entry in queue.entries:
                 if not entry.future.done():
                     entry.future.set_exception(stopped)
+            await _call(on_revoke)
+
+
+async def _call(hook: PartitionsHook | None) -> None:
+    if hook is not None:
+        result = hook([0])
+        if result is not None:
+            await result

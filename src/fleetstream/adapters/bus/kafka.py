@@ -1,0 +1,329 @@
+"""``kafka://host:port``: the bus on a Kafka-protocol broker (Apache Kafka, Redpanda, Tansu).
+
+Publishing splits a batch by device id, the message key, so one device's
+records go to one partition and stay in order (see :mod:`.codec` for the
+bytes). The producer is idempotent with ``acks=all``: ``publish`` returns only
+once the broker has acknowledged every message of the batch (its delivery
+reports), so an acknowledged record is in the log. When the broker cannot be
+reached within ``delivery_timeout_s`` (librdkafka's ``message.timeout.ms``) the
+publish raises :class:`~fleetstream.errors.BusUnavailable`; when librdkafka's
+local queue is full it raises :class:`~fleetstream.errors.Overloaded`. In both
+cases messages of the batch may still reach the log (the sender retries and
+dedup drops the repeats); none is ever acknowledged without being there.
+
+librdkafka blocks, the event loop must not: ``produce`` only enqueues (it never
+waits), a background thread polls for delivery reports and wakes the waiting
+publish on the loop, and admin and consumer calls run in worker threads.
+
+Topics are created when first used, if missing, with ``partitions`` partitions
+(default 8); the readings topic's name is the URL's path (``readings`` when
+empty). Consuming is :mod:`.kafka_subscription`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from fleetstream.adapters.bus.codec import split_by_device
+from fleetstream.adapters.bus.kafka_subscription import KafkaBatch, Subscription, group_config
+from fleetstream.domain.batch import Batch
+from fleetstream.errors import BusUnavailable, ConfigError, Overloaded
+from fleetstream.ingest.kafka import KafkaEndpoint, parse_kafka_url
+from fleetstream.ports import READINGS_TOPIC, PartitionsHook
+
+log = logging.getLogger(__name__)
+
+
+def parse_bus_url(url: str) -> tuple[KafkaEndpoint, int | None]:
+    """The broker and readings topic of ``kafka://host[:port][/topic][?partitions=N]``, and N if given.
+
+    Raises:
+        ConfigError: naming what is wrong.
+    """
+    parts = urlsplit(url.strip())
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"partitions"})
+    if unknown:
+        msg = f"invalid Kafka bus URL {url!r}: unknown parameter(s) {', '.join(unknown)}; known: partitions"
+        raise ConfigError(msg)
+    partitions = None
+    if "partitions" in query:
+        text = query["partitions"][-1]
+        if not text.isdigit() or not 1 <= int(text) <= 10_000:
+            msg = f"invalid Kafka bus URL {url!r}: partitions must be a number from 1 to 10000"
+            raise ConfigError(msg)
+        partitions = int(text)
+    endpoint = parse_kafka_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)))
+    topic = endpoint.topic if parts.path.strip("/") else READINGS_TOPIC
+    return KafkaEndpoint(endpoint.host, endpoint.port, topic, endpoint.group), partitions
+
+
+class _Delivery:
+    """The delivery reports of one publish; called on the producer's poll thread."""
+
+    __slots__ = ("abandoned", "error", "future", "loop", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, messages: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.waiting = messages
+        self.error: KafkaError | None = None
+        self.abandoned = False
+
+    def report(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None and self.error is None:
+            self.error = err
+        self.waiting -= 1
+        if self.waiting == 0 and not self.abandoned:
+            self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+class KafkaBus:
+    """The Kafka :class:`~fleetstream.ports.Bus`; see the module docstring.
+
+    Args:
+        url: ``kafka://host[:port][/readings-topic][?partitions=N]``.
+        partitions: partitions of topics this bus creates (the URL's ``partitions`` wins).
+        replication_factor: of created topics; -1 takes the broker's default.
+        delivery_timeout_s: how long a publish may wait for the broker before BusUnavailable.
+        config: extra librdkafka settings for the producer, consumers and admin client.
+        fail_backoff_s: pause after a consumer's ``fail`` before its records are taken again.
+        max_pending: messages the producer may hold unacknowledged before Overloaded (the
+            runtime passes its ingest queue bound; each message holds one or more records).
+        ack_timeout_s: the runtime's longest wait for durability; the delivery timeout is the
+            smaller of the two.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        partitions: int = 8,
+        replication_factor: int = -1,
+        delivery_timeout_s: float = 8.0,
+        config: dict[str, Any] | None = None,
+        fail_backoff_s: float = 0.5,
+        max_pending: int | None = None,
+        ack_timeout_s: float | None = None,
+    ) -> None:
+        self.endpoint, from_url = parse_bus_url(url)
+        self.url = url
+        self.partitions = from_url or partitions
+        self.replication_factor = replication_factor
+        self.delivery_timeout_s = min(delivery_timeout_s, ack_timeout_s or delivery_timeout_s)
+        self.max_pending = max_pending
+        self.fail_backoff_s = fail_backoff_s
+        self.extra_config = dict(config or {})
+        self.config: dict[str, Any] = {
+            "bootstrap.servers": self.endpoint.bootstrap,
+            "logger": log,
+            "log_level": 2,  # librdkafka's own lines only when critical: error_cb says the rest once
+            "error_cb": self._on_error,
+            # topics come from ensure_topic with our partition count, never from a broker default
+            "allow.auto.create.topics": False,
+            **self.extra_config,
+        }
+        self.last_error: str | None = None
+        self.closing = False
+        self._producer: Producer | None = None
+        self._admin: AdminClient | None = None
+        self._poller: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._ready: set[str] = set()
+        self._topic_lock = asyncio.Lock()
+        self._pending: set[_Delivery] = set()
+        self._fatal = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the producer (connecting happens in the background; the broker may still be down)."""
+        self.closing = False
+        self._halt.clear()
+        self._producer = self._new_producer()
+        self._admin = AdminClient(self.config)
+        self._poller = threading.Thread(target=self._poll, name="fleetstream-kafka-bus", daemon=True)
+        self._poller.start()
+        log.info(
+            "Kafka bus: producing to %s, readings topic %r", self.endpoint.bootstrap, self.endpoint.topic
+        )
+
+    async def close(self) -> None:
+        """Wait (up to the delivery timeout) for messages in flight; publishes still waiting fail."""
+        self.closing = True
+        producer, self._producer = self._producer, None
+        self._halt.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+            self._poller = None
+        if producer is not None:
+            await asyncio.to_thread(producer.flush, self.delivery_timeout_s)
+        for delivery in list(self._pending):
+            if not delivery.future.done():
+                delivery.future.set_exception(BusUnavailable("the bus closed before the broker acknowledged"))
+
+    def _new_producer(self) -> Producer:
+        self._fatal = False
+        return Producer(
+            {
+                **({"queue.buffering.max.messages": self.max_pending} if self.max_pending else {}),
+                **self.config,
+                "acks": "all",
+                "enable.idempotence": True,
+                "message.timeout.ms": int(self.delivery_timeout_s * 1000),
+                "linger.ms": 5,
+            }
+        )
+
+    def _poll(self) -> None:
+        while not self._halt.is_set():
+            producer = self._producer
+            if producer is None:
+                return
+            try:
+                producer.poll(0.1)
+            except KafkaException as exc:  # a fatal error: publish replaces the producer
+                self._fatal = True
+                self._on_error(exc.args[0])
+                self._halt.wait(0.1)
+
+    def _replace_producer(self) -> Producer:
+        """A new producer after a fatal error (the idempotent producer's state is gone on the broker,
+        e.g. it restarted empty); what the old one still held fails its publishes."""
+        old = self._producer
+        self._producer = new = self._new_producer()
+        if old is not None:
+            old.purge()
+            old.poll(0)  # delivers the purge reports: their publishes raise BusUnavailable
+        log.warning("Kafka bus: the producer hit a fatal error and was replaced")
+        return new
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = True
+        text = error.str()
+        if text != self.last_error:
+            log.warning("Kafka bus: %s", text)
+        self.last_error = text
+
+    # -- topics ------------------------------------------------------------------------------
+
+    def topic_name(self, topic: str) -> str:
+        """The Kafka topic of a bus topic (the readings topic is renamed by the URL)."""
+        return self.endpoint.topic if topic == READINGS_TOPIC else topic
+
+    async def ensure_topic(self, name: str) -> None:
+        """Create ``name`` if the broker does not have it (once per process, or after a failure).
+
+        Raises:
+            BusUnavailable: the broker did not answer within the delivery timeout.
+        """
+        if name in self._ready:
+            return
+        # one look at a time, and waiters resume in arrival order: publishes stay in call order
+        async with self._topic_lock:
+            if name not in self._ready:
+                await asyncio.to_thread(self._create_if_missing, name)
+                self._ready.add(name)
+
+    def _create_if_missing(self, name: str) -> None:
+        admin = self._admin
+        if admin is None:
+            msg = "the Kafka bus is not started"
+            raise BusUnavailable(msg)
+        timeout = self.delivery_timeout_s
+        try:
+            topics = admin.list_topics(name, timeout=timeout).topics
+            found = topics.get(name)
+            if found is not None and found.error is None:
+                log.info("Kafka bus: topic %r has %d partitions", name, len(found.partitions))
+                return
+            new = NewTopic(name, num_partitions=self.partitions, replication_factor=self.replication_factor)
+            try:
+                admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)[name].result(
+                    timeout
+                )
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                return
+        except KafkaException as exc:
+            msg = f"Kafka broker {self.endpoint.bootstrap} unavailable: {exc.args[0].str()}"
+            raise BusUnavailable(msg) from None
+        log.info("Kafka bus: created topic %r with %d partitions", name, self.partitions)
+
+    # -- publish -----------------------------------------------------------------------------
+
+    async def publish(self, topic: str, batch: Batch) -> None:
+        if not batch.records:
+            return
+        producer = self._producer
+        if producer is None or self.closing:
+            msg = "the bus is closed"
+            raise BusUnavailable(msg)
+        name = self.topic_name(topic)
+        await self.ensure_topic(name)
+        if self._fatal:
+            producer = self._replace_producer()
+        pieces = list(split_by_device(batch))
+        delivery = _Delivery(asyncio.get_running_loop(), len(pieces))
+        try:
+            for key, value in pieces:
+                producer.produce(name, value, key.encode(), on_delivery=delivery.report)
+        except BufferError:
+            delivery.abandoned = True
+            msg = f"the Kafka producer's queue is full ({len(producer)} messages waiting for the broker)"
+            raise Overloaded(msg, retry_after=1.0) from None
+        except KafkaException as exc:
+            delivery.abandoned = True
+            msg = f"Kafka refused the batch: {exc.args[0].str()}"
+            raise BusUnavailable(msg) from None
+        self._pending.add(delivery)
+        try:
+            # librdkafka reports every message within message.timeout.ms; the margin covers the poll
+            await asyncio.wait_for(asyncio.shield(delivery.future), self.delivery_timeout_s + 5)
+        except TimeoutError:
+            delivery.abandoned = True
+            waited = self.delivery_timeout_s
+            msg = f"Kafka broker {self.endpoint.bootstrap} did not acknowledge within {waited:g} s"
+            raise BusUnavailable(msg) from None
+        finally:
+            self._pending.discard(delivery)
+        if delivery.error is not None:
+            self._ready.discard(name)  # a broker restarted empty has lost it: look again next time
+            error = delivery.error
+            reason = "unreachable" if error.code() == KafkaError._MSG_TIMED_OUT else "refused the batch"
+            msg = f"Kafka broker {self.endpoint.bootstrap} {reason}: {error.str()}"
+            raise BusUnavailable(msg)
+
+    # -- subscribe ---------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        max_records: int,
+        *,
+        on_assign: PartitionsHook | None = None,
+        on_revoke: PartitionsHook | None = None,
+    ) -> AsyncIterator[KafkaBatch]:
+        """Consume ``topic`` as one member of ``group``; see :mod:`.kafka_subscription`.
+
+        ``on_assign``/``on_revoke`` run on the event loop while the rebalance waits for them.
+        """
+        config = {**self.config, **group_config(group), **self.extra_config}
+        sub = Subscription(self, self.topic_name(topic), config, max_records, on_assign, on_revoke)
+        return sub.batches()

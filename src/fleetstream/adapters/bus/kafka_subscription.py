@@ -1,0 +1,309 @@
+"""One consumer of a Kafka bus topic in a consumer group, as an async iterator of batches.
+
+Offsets are committed by hand, never automatically: :meth:`KafkaBatch.commit`
+commits, per partition, the offset after the batch's last record, so a new
+member of the group (after a crash, a restart or a rebalance) starts right
+after what was committed and nothing committed is ever read again by the
+group. :meth:`KafkaBatch.fail` commits nothing and rewinds the batch's
+partitions, so its records come again (after ``fail_backoff_s``); until they
+are committed, no later commit moves those partitions past them.
+
+Group settings (see docs/kafka.md): a member that dies stops heartbeating and
+the broker gives its partitions to the survivors once ``session.timeout.ms``
+has passed: 6 s, the smallest Apache Kafka accepts by default
+(``group.min.session.timeout.ms``); heartbeats every second let a survivor hear
+of the rebalance soon after. Tansu then holds the join for half a session
+timeout, so a dead member's partitions move in about 9 s there (the
+integration test asserts under 10). Assignment is ``range`` (eager): on Tansu
+0.6, ``cooperative-sticky`` left partitions given up by one member unassigned
+to the newcomer, while ``range`` is supported by every broker and client. No
+static membership (``group.instance.id``) by default: with it the broker keeps
+a member's partitions for a whole session timeout even after a clean close,
+where without it a member closing cleanly leaves the group at once.
+
+librdkafka's consumer blocks: ``consume`` runs in a worker thread and decodes
+there; rebalance callbacks fire inside it and wait while the hooks run on the
+event loop, which is free (it is only awaiting that thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from fleetstream.adapters.bus.codec import Slice, UndecodableMessage, join_slices, read_slice
+from fleetstream.ports import PartitionsHook
+
+if TYPE_CHECKING:
+    from fleetstream.adapters.bus.kafka import KafkaBus
+
+log = logging.getLogger(__name__)
+
+_FETCH_TIMEOUT_S = 0.2  # how often the consume thread looks whether the bus closed
+_HOOK_TIMEOUT_S = 60.0  # a rebalance hook that takes longer is given up on (it keeps running)
+
+
+def group_config(group: str) -> dict[str, Any]:
+    """librdkafka settings of a member of ``group`` (see the module docstring for why)."""
+    return {
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "partition.assignment.strategy": "range",
+        # a topic created after the subscription (by the first publish) is seen within seconds
+        "topic.metadata.refresh.interval.ms": 5000,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    partition: int
+    offset: int
+    piece: Slice | None  # None: not a slice (skipped, but committed past)
+    records: int
+
+
+class KafkaBatch:
+    """Records of one or more partitions, handed to one consumer; see the module docstring."""
+
+    def __init__(self, sub: Subscription, records: list[_Record]) -> None:
+        self._sub = sub
+        self.batch = join_slices([r.piece for r in records if r.piece is not None])
+        self.first: dict[int, int] = {}
+        self.next: dict[int, int] = {}
+        for r in records:
+            self.first.setdefault(r.partition, r.offset)
+            self.next[r.partition] = r.offset + 1
+        self._done = False
+
+    async def commit(self) -> None:
+        if not self._done:
+            self._done = True
+            await self._sub.commit(self)
+
+    async def fail(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            log.warning(
+                "Kafka bus: a batch of %d records failed (%s); it is taken again", self.batch.records, exc
+            )
+            await self._sub.rewind(self)
+
+
+class Subscription:
+    """The state of one consumer: its assignment, records fetched and not yet handed out, commits."""
+
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topic: str,
+        config: dict[str, Any],
+        max_records: int,
+        on_assign: PartitionsHook | None,
+        on_revoke: PartitionsHook | None,
+    ) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.config = config
+        self.max_records = max(1, max_records)
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.assigned: set[int] = set()
+        self.committed: dict[int, int] = {}
+        self.floor: dict[int, int] = {}  # partition -> offset of a failed record not yet committed
+        self.commit_failures = 0
+        self._buffer: deque[_Record] = deque()
+        self._rewound: dict[int, int] = {}  # partition -> offset it was rewound to, not fetched yet
+        self._committing = asyncio.Lock()
+        self._in_client = threading.Lock()  # consume and close never run at once
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def batches(self) -> AsyncIterator[KafkaBatch]:
+        self._loop = asyncio.get_running_loop()
+        while not await self._ready():
+            await asyncio.sleep(1.0)
+        consumer = Consumer(self.config)
+        self._consumer = consumer
+        consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        log.info("Kafka bus: consuming %r in group %r", self.topic, self.config["group.id"])
+        fetch = min(self.max_records, 1000)
+        try:
+            while not self.bus.closing:
+                if not self._buffer:
+                    self._keep(await asyncio.to_thread(self._fetch, consumer, fetch))
+                    continue
+                yield KafkaBatch(self, self._take())
+        finally:
+            self._consumer = None
+            # leaves the group now: the other members get its partitions without a timeout
+            await asyncio.to_thread(self._close, consumer)
+
+    def _close(self, consumer: Consumer) -> None:
+        """Close once a fetch still running (its task was cancelled) has returned."""
+        with self._in_client, contextlib.suppress(KafkaException, RuntimeError):
+            consumer.close()
+
+    async def _ready(self) -> bool:
+        """Whether the topic exists (created now if needed); False (after a log line) if unreachable."""
+        try:
+            await self.bus.ensure_topic(self.topic)
+        except Exception as exc:
+            if self.bus.closing:
+                return True
+            log.warning("Kafka bus: cannot subscribe to %r yet: %s", self.topic, exc)
+            return False
+        return True
+
+    def _keep(self, records: list[_Record]) -> None:
+        """Buffer fetched records of partitions still ours.
+
+        Records fetched before a rebalance or a rewind finished can come back after it: those of a
+        partition no longer assigned are dropped, and after a rewind a partition's records are
+        dropped until the one rewound to comes again (they follow it).
+        """
+        for r in records:
+            if r.partition not in self.assigned:
+                continue
+            rewound = self._rewound.get(r.partition)
+            if rewound is not None:
+                if r.offset != rewound:
+                    continue
+                del self._rewound[r.partition]
+            self._buffer.append(r)
+
+    def _take(self) -> list[_Record]:
+        taken = [self._buffer.popleft()]
+        count = taken[0].records
+        while self._buffer and count + self._buffer[0].records <= self.max_records:
+            record = self._buffer.popleft()
+            taken.append(record)
+            count += record.records
+        return taken
+
+    def _fetch(self, consumer: Consumer, n: int) -> list[_Record]:
+        """Consume and decode (on a worker thread)."""
+        try:
+            with self._in_client:
+                messages = consumer.consume(num_messages=n, timeout=_FETCH_TIMEOUT_S)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("Kafka bus: consume failed: %s", exc)
+            return []
+        return [r for r in map(self._record, messages) if r is not None]
+
+    def _record(self, message: Message) -> _Record | None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("Kafka bus: %s", error.str())
+            return None
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None
+        assert offset is not None
+        try:
+            piece = read_slice(message.value() or b"")
+        except UndecodableMessage as exc:
+            # kept, empty, so that committing moves past it
+            log.error("Kafka bus: skipping %s[%d]@%d: %s", self.topic, partition, offset, exc)
+            return _Record(partition, offset, None, 0)
+        return _Record(partition, offset, piece, piece.records)
+
+    # -- commits -----------------------------------------------------------------------------
+
+    async def commit(self, taken: KafkaBatch) -> None:
+        offsets = []
+        for partition, after in taken.next.items():
+            floor = self.floor.get(partition)
+            if floor is not None:
+                if taken.first[partition] == floor:
+                    del self.floor[partition]  # the failed records, taken again
+                else:
+                    after = min(after, floor)  # never past a failed record not committed yet
+            if partition in self.assigned and after > self.committed.get(partition, -1):
+                offsets.append(TopicPartition(self.topic, partition, after))
+        consumer = self._consumer
+        if not offsets or consumer is None:
+            return
+        async with self._committing:  # one at a time: a later commit never lands before an earlier one
+            offsets = [tp for tp in offsets if tp.offset > self.committed.get(tp.partition, -1)]
+            if not offsets:
+                return
+            try:
+                await asyncio.to_thread(consumer.commit, offsets=offsets, asynchronous=False)
+            except (KafkaException, RuntimeError) as exc:
+                # not fatal: the records are delivered again (to this member or another), deduplicated
+                self.commit_failures += 1
+                log.warning("Kafka bus: offset commit failed: %s", exc)
+                return
+            for tp in offsets:
+                self.committed[tp.partition] = max(tp.offset, self.committed.get(tp.partition, -1))
+
+    async def rewind(self, taken: KafkaBatch) -> None:
+        consumer = self._consumer
+        for partition, first in taken.first.items():
+            self.floor[partition] = min(first, self.floor.get(partition, first))
+            self._buffer = deque(r for r in self._buffer if r.partition != partition or r.offset < first)
+            if consumer is None or partition not in self.assigned:
+                continue  # its next owner reads from the committed offset
+            self._rewound[partition] = first
+            try:
+                await asyncio.to_thread(consumer.seek, TopicPartition(self.topic, partition, first))
+            except (KafkaException, RuntimeError) as exc:
+                # the records come again after the next rebalance or restart (nothing past them is committed)
+                self._rewound.pop(partition, None)
+                log.warning("Kafka bus: rewinding partition %d failed: %s", partition, exc)
+        await asyncio.sleep(self.bus.fail_backoff_s)
+
+    # -- rebalances (called on the consume thread, inside consume or close) --------------------
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_loop(self._gain([tp.partition for tp in partitions]))
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_loop(self._lose([tp.partition for tp in partitions]))
+
+    def _on_loop(self, step: Awaitable[None]) -> None:
+        assert self._loop is not None
+
+        async def run() -> None:
+            await step
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(_HOOK_TIMEOUT_S)
+
+    async def _gain(self, partitions: list[int]) -> None:
+        self.assigned.update(partitions)
+        for p in partitions:
+            self._rewound.pop(p, None)
+        log.info("Kafka bus: %r partitions assigned: %s", self.topic, sorted(partitions))
+        await _call(self.on_assign, sorted(partitions))
+
+    async def _lose(self, partitions: list[int]) -> None:
+        gone = set(partitions)
+        self.assigned -= gone
+        for p in gone:
+            self.committed.pop(p, None)
+            self.floor.pop(p, None)
+            self._rewound.pop(p, None)
+        # not handed out yet: the new owner reads them from the committed offset
+        self._buffer = deque(r for r in self._buffer if r.partition not in gone)
+        log.info("Kafka bus: %r partitions revoked: %s", self.topic, sorted(gone))
+        await _call(self.on_revoke, sorted(gone))
+
+
+async def _call(hook: PartitionsHook | None, partitions: list[int]) -> None:
+    if hook is None:
+        return
+    result = hook(partitions)
+    if result is not None:
+        await result
