@@ -203,6 +203,17 @@ class Engine:
                 self.processors.twins.mark_dirty(t.device_id for t in changed)
                 raise
 
+    async def flush_alerts(self) -> None:
+        """Store the alert changes not stored yet now (alert queries read the store)."""
+        alerts, self._pending.alerts = self._pending.alerts, []
+        if not alerts:
+            return
+        try:
+            await self.store.write_derived(Derived(alerts=alerts))
+        except Exception:
+            self._pending.alerts = alerts + self._pending.alerts
+            raise
+
     async def flush(self) -> None:
         """Store what the processors emitted and a checkpoint now (tests, shutdown)."""
         await self._flush(checkpoint=True)
