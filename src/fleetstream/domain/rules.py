@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 OPEN, ESCALATE, CLEAR = "open", "escalate", "clear"
@@ -154,6 +154,7 @@ class RangeRule:
         escalate_after_us: Escalate an alert still open this long after it opened.
         escalate_to: Severity after escalation.
         auto_clear_after_us: If set, an alert clears only once its expression has stayed false this long.
+        webhook: URL to POST the alert to on open and clear, or None.
     """
 
     id: str
@@ -166,6 +167,7 @@ class RangeRule:
     escalate_after_us: int | None = None
     escalate_to: str | None = None
     auto_clear_after_us: int | None = None
+    webhook: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id or not self.severity:
@@ -222,7 +224,35 @@ class RangeRule:
             escalate_after_us=opt_int("escalate_after_us"),
             escalate_to=d.get("escalate_to"),
             auto_clear_after_us=opt_int("auto_clear_after_us"),
+            webhook=None if d.get("webhook") is None else str(d["webhook"]),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The builtins :meth:`from_dict` reads back into an equal rule."""
+        out: dict[str, Any] = {
+            "kind": "range",
+            "id": self.id,
+            "name": self.name,
+            "severity": self.severity,
+            "when": _unparse(self.expr, self.conditions),
+        }
+        if self.devices is not None or self.device_type is not None:
+            out["scope"] = {
+                k: v
+                for k, v in (
+                    ("devices", None if self.devices is None else sorted(self.devices)),
+                    ("device_type", self.device_type),
+                )
+                if v is not None
+            }
+        for key in ("escalate_after_us", "escalate_to", "auto_clear_after_us", "webhook"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    def describe(self) -> str:
+        """Human text of the expression: ``temp > 80 for 30 s and fan < 100``."""
+        return _describe(self.expr, self.conditions)
 
 
 def _parse(node: Any, out: list[Condition], rid: str) -> Expr:
@@ -238,6 +268,31 @@ def _parse(node: Any, out: list[Condition], rid: str) -> Expr:
             return (key, tuple(_parse(item, out, rid) for item in items))
     out.append(Condition.from_dict(node))
     return len(out) - 1
+
+
+def _unparse(expr: Expr, conditions: tuple[Condition, ...]) -> dict[str, Any]:
+    if isinstance(expr, int):
+        c = conditions[expr]
+        d: dict[str, Any] = {"sensor": c.sensor, "op": c.op}
+        d["threshold"] = [c.low, c.high] if c.op in _RANGE else c.threshold
+        if c.for_us:
+            d["for_us"] = c.for_us
+        if c.clear_at is not None:
+            d["clear_at"] = c.clear_at
+        return d
+    kind, items = expr
+    return {kind: [_unparse(e, conditions) for e in items]}
+
+
+def _describe(expr: Expr, conditions: tuple[Condition, ...]) -> str:
+    if isinstance(expr, int):
+        c = conditions[expr]
+        limit = f"[{c.low:g}, {c.high:g}]" if c.op in _RANGE else f"{c.threshold:g}"
+        held = f" for {c.for_us / 1e6:g} s" if c.for_us else ""
+        return f"{c.sensor} {c.op} {limit}{held}"
+    kind, items = expr
+    joined = (" and " if kind == "all" else " or ").join(_describe(e, conditions) for e in items)
+    return f"({joined})" if len(items) > 1 else joined
 
 
 def _eval(expr: Expr, latched: list[bool]) -> bool:
@@ -260,6 +315,7 @@ class RuleTransition:
     first_value: float
     last_value: float
     ts: int
+    message: str = field(default="", compare=False)  # human text; equality is about what happened
 
 
 @dataclass(slots=True)
@@ -339,6 +395,33 @@ class RuleEvaluator:
         """Open alerts: (device, rule id) to current severity."""
         return {k: t.severity for k, t in self._tracks.items() if t.opened_at is not None}
 
+    def close_all(self, now_us: int, reason: str) -> list[RuleTransition]:
+        """Clear every open alert at ``now_us`` (the rule was removed or redefined) and forget all state."""
+        out = []
+        for (dev, rid), tr in sorted(self._tracks.items()):
+            if tr.opened_at is not None:
+                t = RuleTransition(
+                    CLEAR, rid, dev, tr.severity, tr.first_value, tr.last_value, now_us, reason
+                )
+                out.append(t)
+        self._tracks = {}
+        return out
+
+    def busy(self, device_id: str, rule_id: str) -> bool:
+        """Whether (device, rule) has any state (an alert, a latched or pending condition).
+
+        A track with none is dropped, so that :meth:`on_time` only visits busy ones: a
+        reading that does not trigger leaves such a device exactly as if it had no track.
+        """
+        key = (device_id, rule_id)
+        tr = self._tracks.get(key)
+        if tr is None:
+            return False
+        if tr.opened_at is None and not any(tr.latched) and all(p is None for p in tr.pending):
+            del self._tracks[key]
+            return False
+        return True
+
     def _advance(self, out: list[RuleTransition], rule: RangeRule, dev: str, tr: _Track, now: int) -> None:
         # Fire due deadlines one at a time, earliest first, each at its own event time.
         while True:
@@ -374,7 +457,14 @@ class RuleEvaluator:
 
     @staticmethod
     def _emit(kind: str, rule: RangeRule, dev: str, tr: _Track, ts: int) -> RuleTransition:
-        return RuleTransition(kind, rule.id, dev, tr.severity, tr.first_value, tr.last_value, ts)
+        text = rule.describe()
+        if kind == CLEAR:
+            text = f"cleared: {text} no longer holds (value {tr.last_value:g})"
+        elif kind == ESCALATE:
+            text = f"escalated to {tr.severity}: {text}"
+        else:
+            text = f"{text} (value {tr.last_value:g})"
+        return RuleTransition(kind, rule.id, dev, tr.severity, tr.first_value, tr.last_value, ts, text)
 
     # -- state ------------------------------------------------------------------------------------
 
