@@ -252,5 +252,5 @@ class AlertBook:
 def _message(t: Transition, name: str | None) -> str:
     given = getattr(t, "message", None)
     if given:
-        return str(given)
+        return f"{name}: {given}" if name else str(given)
     return f"{name or t.rule_id} on {t.device_id} (value {t.last_value:g})"

@@ -21,8 +21,8 @@ from typing import Any
 from fleetstream.domain.alerts import AlertBook, AlertChange
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.geometry import Zone
+from fleetstream.domain.rulebook import Rule, RuleBook, RuleOutput
 from fleetstream.domain.twin import DeviceEvent, TwinProcessor
-from fleetstream.engine.rules_shim import Rule, RuleBook, RuleOutput
 
 ALERT_EVENTS = {"opened": "alert_opened", "escalated": "alert_escalated", "cleared": "alert_cleared"}
 ZONE_ENTERED, ZONE_LEFT = "zone_entered", "zone_left"
@@ -156,5 +156,11 @@ class RuleStage:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Resume from a :meth:`snapshot` (rules and zones configured first)."""
-        self.book.restore(state["book"])
+        book = state["book"]
+        # Device ids are interned before the restore: RangeEngine.restore indexes an array that
+        # interning a new id may replace (it would index the old, smaller one).
+        for saved in book.get("rules", {}).values():
+            for track in saved.get("state", {}).get("tracks", ()):
+                self.book._intern(track["device_id"])
+        self.book.restore(book)
         self.alerts = AlertBook.restore(state["alerts"])

@@ -19,11 +19,11 @@ from fleetstream.config import StreamSettings
 from fleetstream.domain.alerts import AlertChange
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.geometry import Zone
+from fleetstream.domain.rulebook import Rule
 from fleetstream.domain.stats import LiveStats
 from fleetstream.domain.twin import DeviceTwin, TwinProcessor, TwinSettings
 from fleetstream.domain.windows import WindowOutput, WindowProcessor, WindowSettings
 from fleetstream.engine.alerting import RuleStage
-from fleetstream.engine.rules_shim import Rule
 from fleetstream.ports import Derived
 
 _S = 1_000_000

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetstream.domain.alerts import ACKED, Alert, AlertChange, AlertNotOpen
 from fleetstream.domain.geometry import Zone
-from fleetstream.engine.rules_shim import Rule, RuleBook, parse_rule, parse_zone
+from fleetstream.domain.rulebook import Rule, RuleBook, parse_rule, parse_zone
 from fleetstream.errors import Conflict, InvalidDefinition, NotFound
 from fleetstream.ports import Derived
 
