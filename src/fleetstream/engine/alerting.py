@@ -110,6 +110,21 @@ class RuleStage:
         def at(device: str) -> int:
             return position if isinstance(position, int) else position.get(device, 0)
 
+        # A crossing before the alerts it causes: a zone rule's alert follows the tracker's move.
+        for c in output.crossings:
+            if c.device_id in ahead:
+                continue
+            kind = ZONE_ENTERED if c.entered else ZONE_LEFT
+            zone = self.zones.get(c.zone_id)
+            payload: dict[str, Any] = {
+                "zone_id": c.zone_id,
+                "zone": zone.name if zone else c.zone_id,
+                "lat": c.lat,
+                "lon": c.lon,
+            }
+            event = twins.append(c.device_id, kind, c.ts, payload, at(c.device_id))
+            if event is not None:
+                events.append(event)
         names = {rid: r.name for rid, r in self.rules.items()}
         changes = self.alerts.on_transitions(output.transitions, names)
         self.changes += changes
@@ -117,7 +132,7 @@ class RuleStage:
             a = change.alert
             if a.device_id in ahead:
                 continue
-            payload: dict[str, Any] = {
+            payload = {
                 "alert_id": a.id,
                 "rule_id": a.rule_id,
                 "severity": a.severity,
@@ -125,22 +140,9 @@ class RuleStage:
                 "last_value": a.last_value,
                 "message": a.message,
             }
-            ts = a.cleared_at if change.kind == "cleared" and a.cleared_at is not None else a.updated_at
-            event = twins.append(a.device_id, ALERT_EVENTS[change.kind], ts, payload, at(a.device_id))
-            if event is not None:
-                events.append(event)
-        for c in output.crossings:
-            if c.device_id in ahead:
-                continue
-            kind = ZONE_ENTERED if c.entered else ZONE_LEFT
-            zone = self.zones.get(c.zone_id)
-            payload = {
-                "zone_id": c.zone_id,
-                "zone": zone.name if zone else c.zone_id,
-                "lat": c.lat,
-                "lon": c.lon,
-            }
-            event = twins.append(c.device_id, kind, c.ts, payload, at(c.device_id))
+            event = twins.append(
+                a.device_id, ALERT_EVENTS[change.kind], a.updated_at, payload, at(a.device_id)
+            )
             if event is not None:
                 events.append(event)
         return events
