@@ -334,3 +334,80 @@ def test_a_new_rule_applies_within_a_second_and_does_not_flap(start: Callable[..
     wait_for(lambda: alerts(srv, rule_id="stove-hot")[0]["state"] == "cleared", timeout=1.5)
     assert len(alerts(srv, rule_id="stove-hot")) == 1
     assert iso(T0 + timedelta(seconds=7)) == alerts(srv, rule_id="stove-hot")[0]["cleared_at"]
+
+
+def test_the_walkthrough_with_the_simulator(start: Callable[..., ServerProcess], receiver: Receiver) -> None:
+    """docs/alerts.md: a zone and a temperature rule by API, a tracker leaves the zone and a host
+    overheats (both forced through the simulator's control API), alerts on SSE and a webhook, ack, clear."""
+    srv = start("--simulator", "--devices", "5", "--rate", "10", "--seed", "7")
+    status, body = srv.call("POST", "/api/v1/simulator/devices", {"kind": "tracker", "count": 1})
+    assert status == 201, body
+    [tracker] = body["added"]
+    assert (
+        srv.call("PATCH", f"/api/v1/simulator/devices/{tracker}", {"move_to": {"lat": 52.40, "lon": 4.80}})[0]
+        == 200
+    )
+
+    def sensors(device: str) -> dict[str, Any]:
+        status, twin = srv.call("GET", f"/api/v1/devices/{device}")
+        return twin["sensors"] if status == 200 else {}
+
+    wait_for(lambda: {"temperature", "fan_rpm"} <= sensors("host-0001").keys())
+    base = sensors("host-0001")["temperature"]["value"]
+    depot = {
+        "id": "depot",
+        "name": "Depot",
+        "rectangle": {"south": 52.38, "west": 4.76, "north": 52.42, "east": 4.84},
+    }
+    assert srv.call("POST", "/api/v1/zones", depot)[0] == 201
+    assert (
+        srv.call("POST", "/api/v1/rules", {"kind": "zone", "id": "stay-in-depot", "zone_id": "depot"})[0]
+        == 201
+    )
+    overheat = {
+        "id": "host-overheat",
+        "name": "Host overheating",
+        "severity": "critical",
+        "scope": {"devices": ["host-0001"]},
+        # Hot and a slow fan together: a failing host's fan drops to 65 % of its speed at once.
+        "when": {
+            "all": [
+                {"sensor": "temperature", "op": ">", "threshold": base + 3},
+                {"sensor": "fan_rpm", "op": "<", "threshold": 1700},
+            ]
+        },
+        "webhook": receiver.url("/overheat"),
+    }
+    assert srv.call("POST", "/api/v1/rules", overheat)[0] == 201
+    wait_for(lambda: any(e[0] == "zone_entered" for e in rule_events(srv, tracker)))
+
+    with alert_stream(srv) as stream:
+        assert (
+            srv.call(
+                "PATCH", f"/api/v1/simulator/devices/{tracker}", {"move_to": {"lat": 52.32, "lon": 4.98}}
+            )[0]
+            == 200
+        )
+        assert srv.call("PATCH", "/api/v1/simulator/devices/host-0001", {"state": "failing"})[0] == 200
+
+        def opened(rule: str) -> dict[str, Any] | None:
+            return next(
+                (f["alert"] for f in stream if f["event"] == "opened" and f["alert"]["rule_id"] == rule), None
+            )
+
+        left = wait_for(lambda: opened("stay-in-depot"), timeout=15)
+        hot = wait_for(lambda: opened("host-overheat"), timeout=15)
+    assert left["device_id"] == tracker
+    assert ("zone_left", left["opened_at"]) in rule_events(srv, tracker)
+    assert (hot["device_id"], hot["severity"], hot["state"]) == ("host-0001", "critical", "active")
+    wait_for(lambda: [b["event"] for p, b in receiver.received if p == "/overheat"] == ["opened"])
+
+    status, acked = srv.call(
+        "POST", f"/api/v1/alerts/{hot['id']}/ack", {"by": "ops", "note": "replacing the fan"}
+    )
+    assert (status, acked["state"]) == (200, "acknowledged")
+    assert srv.call("PATCH", "/api/v1/simulator/devices/host-0001", {"state": "running"})[0] == 200
+    wait_for(lambda: srv.call("GET", f"/api/v1/alerts/{hot['id']}")[1]["state"] == "cleared", timeout=15)
+    wait_for(lambda: [b["event"] for p, b in receiver.received if p == "/overheat"] == ["opened", "cleared"])
+    cleared = srv.call("GET", f"/api/v1/alerts/{hot['id']}")[1]
+    assert (cleared["acknowledged_by"], cleared["ack_note"]) == ("ops", "replacing the fan")
