@@ -167,3 +167,27 @@ def test_deleting_a_rule_clears_its_open_alerts() -> None:
             assert h.store.defs["rules"] == {}
 
     asyncio.run(scenario())
+
+
+def test_offline_opens_at_last_reading_plus_t_even_when_the_whole_fleet_is_quiet() -> None:
+    async def scenario() -> None:
+        now = (BASE_S + 100) * S
+        async with Harness(start_us=now) as h:
+            engine = h.runtime.engine
+            await engine.rules.put("rules", {"kind": "offline", "id": "silent", "after_s": 5})
+            await h.post([reading("once", 100, 20.0)])  # sent once, never again
+            h.clock.advance(4)
+            await engine.tick()
+            assert len(engine.processors.rules.alerts) == 0
+            # Nothing arrives: after the idle timeout (10 s) the wall clock stands in for event time.
+            h.clock.advance(7)
+            await engine.tick()
+            [alert] = engine.processors.rules.alerts.open_alerts()
+            assert (alert.rule_id, alert.device_id, alert.opened_at) == ("silent", "once", now + 5 * S)
+            await h.post([reading("once", 112, 21.0)])  # speaks again: clears at that reading
+            await engine.flush()
+            stored = h.store.alerts[alert.id]
+            assert (stored.state, stored.cleared_at) == ("cleared", now + 12 * S)
+            assert kinds(h.store, "once") == [(now + 5 * S, "alert_opened"), (now + 12 * S, "alert_cleared")]
+
+    asyncio.run(scenario())
