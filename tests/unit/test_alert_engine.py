@@ -89,7 +89,8 @@ def test_rule_opens_acks_clears_and_survives_a_restart() -> None:
     asyncio.run(scenario())
 
 
-def test_a_crash_replays_to_the_same_alerts_and_events() -> None:
+@pytest.mark.parametrize("twins_stored_ahead", [False, True])
+def test_a_crash_replays_to_the_same_alerts_and_events(twins_stored_ahead: bool) -> None:
     async def scenario() -> None:
         h = Harness(start_us=(BASE_S + 100) * S)
         await h.runtime.start()
@@ -100,6 +101,8 @@ def test_a_crash_replays_to_the_same_alerts_and_events() -> None:
         await engine.flush()  # checkpoint here
         await h.post([reading("oven", 2, 85.0), fix("t1", 2, 54.0, 4.5)])
         await h.post([reading("oven", 3, 60.0), fix("t1", 3, 52.1, 4.9)])
+        if twins_stored_ahead:  # a device listing stores changed twins between checkpoints
+            await engine.store_twins()
         await engine._flush(checkpoint=False)  # stored, but the checkpoint stays behind
         events = dict(h.store.events)
         alerts = {k: a.to_state() for k, a in h.store.alerts.items()}
@@ -189,5 +192,42 @@ def test_offline_opens_at_last_reading_plus_t_even_when_the_whole_fleet_is_quiet
             stored = h.store.alerts[alert.id]
             assert (stored.state, stored.cleared_at) == ("cleared", now + 12 * S)
             assert kinds(h.store, "once") == [(now + 5 * S, "alert_opened"), (now + 12 * S, "alert_cleared")]
+
+    asyncio.run(scenario())
+
+
+def test_acknowledgements_after_the_checkpoint_survive_a_crash() -> None:
+    async def scenario() -> None:
+        h = Harness(start_us=(BASE_S + 100) * S)
+        await h.runtime.start()
+        engine = h.runtime.engine
+        await engine.rules.put("rules", HOT)
+        await h.post([reading("oven", 1, 90.0), reading("stove", 1, 95.0)])
+        await engine.flush()  # the checkpoint holds both alerts, active
+        oven, stove = f"hot:oven:{(BASE_S + 1) * S}", f"hot:stove:{(BASE_S + 1) * S}"
+        await engine.rules.acknowledge(oven, "ana", "on it")
+        await engine.rules.acknowledge(stove, "bob", None)
+        await h.post([reading("oven", 2, 70.0)])  # clears the oven's: replayed after the crash
+        await engine._flush(checkpoint=False)
+        for task in (engine._task, engine._flusher):
+            assert task is not None
+            task.cancel()
+        again = Runtime(Settings(simulator={"enabled": False}), store=h.store, clock=h.clock)
+        await again.start()
+        try:
+            assert again.engine.replayed > 0
+            # The replay wrote the oven's alert again from a state without the acknowledgement.
+            cleared = h.store.alerts[oven]
+            assert (cleared.state, cleared.acknowledged_by, cleared.ack_note, cleared.cleared_at) == (
+                "cleared",
+                "ana",
+                "on it",
+                (BASE_S + 2) * S,
+            )
+            [still] = again.engine.processors.rules.alerts.open_alerts()
+            assert (still.id, still.state, still.acknowledged_by) == (stove, "acknowledged", "bob")
+        finally:
+            await again.stop()
+        assert h.store.alerts[stove].state == "acknowledged"
 
     asyncio.run(scenario())

@@ -37,6 +37,7 @@ class RuleStage:
         self.rules: dict[str, Rule] = {}
         self.zones: dict[str, Zone] = {}
         self.changes: list[AlertChange] = []  # taken by the engine (live stream, webhooks)
+        self.replaying = False  # set by the engine while it replays the log after a restart
 
     @property
     def idle(self) -> bool:
@@ -71,9 +72,10 @@ class RuleStage:
         """Devices of the batch whose twin was stored after having seen this part of the log.
 
         A replay after a crash gives such a twin nothing new; the events the rules emit for
-        it were appended before the crash, so they are not appended again.
+        it were appended before the crash, so they are not appended again. Only a replay can
+        meet such a twin, so live batches are not searched.
         """
-        if self.idle:
+        if self.idle or not self.replaying:
             return frozenset()
         found = set()
         for device in set(batch.device_id):
@@ -89,9 +91,17 @@ class RuleStage:
         output = self.book.on_batch(batch.device_id, batch.device_type, batch.sensor, batch.value, batch.ts)
         if not output.transitions and not output.crossings:
             return []
+        # Each event's position is its device's last record in the batch: found from the end,
+        # stopping once every device that has an event is found (usually a few of many).
+        wanted = {t.device_id for t in output.transitions} | {c.device_id for c in output.crossings}
         last: dict[str, int] = {}
-        for device, seq in zip(batch.device_id, batch.seq, strict=True):
-            last[device] = seq
+        devices, seqs = batch.device_id, batch.seq
+        for i in range(len(devices) - 1, -1, -1):
+            device = devices[i]
+            if device in wanted and device not in last:
+                last[device] = seqs[i]
+                if len(last) == len(wanted):
+                    break
         return self._emit(output, twins, last, ahead)
 
     def on_time(self, twins: TwinProcessor, position: int) -> list[DeviceEvent]:

@@ -148,6 +148,7 @@ class Engine:
                 self.processors = StreamProcessors(self.stream)
                 self.rules.configure(self.processors)
         start = self.processors.position
+        self.processors.rules.replaying = True
         started = self.clock.monotonic()
         told = started
         while True:
@@ -162,6 +163,7 @@ class Engine:
             if now - told >= 5:
                 told = now
                 log.info("replaying the log: at position %d of %d", self.processors.position, self._seq)
+        self.processors.rules.replaying = False
         if self.replayed:
             await self._flush(checkpoint=True)
             log.info(
