@@ -15,7 +15,18 @@ from typing import Any
 import httpx
 import pytest
 
-from ._support import T0, ServerProcess, at, iso, query, reading, sse_frames, stop_cleanly, wait_for
+from ._support import (
+    T0,
+    ServerProcess,
+    at,
+    iso,
+    prometheus,
+    query,
+    reading,
+    sse_frames,
+    stop_cleanly,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -222,6 +233,15 @@ def test_every_rule_kind_alerts_on_sse_and_webhooks_then_survives_a_restart(
     assert "cleared" in body["error"]["message"]
     assert srv.call("POST", "/api/v1/alerts/nope/ack", {"by": "ana"})[0] == 404
     assert srv.call("POST", f"/api/v1/alerts/{jump}/ack", {"note": "who?"})[0] == 400
+
+    samples = prometheus(srv)
+    assert (samples["fleetstream_rules"], samples["fleetstream_zones"]) == (5, 1)
+    assert samples["fleetstream_alerts_open"] == 3  # quiet, jump (acknowledged), odd
+    assert (samples["fleetstream_webhooks_sent_total"], samples["fleetstream_webhooks_retries_total"]) == (
+        3,
+        2,
+    )
+    assert samples["fleetstream_webhooks_failed_total"] == samples["fleetstream_webhooks_dropped_total"] == 0
 
     # Listing and filters.
     assert [a["id"] for a in alerts(srv, rule_id="hot")] == [f"hot:oven:{us(1)}"]

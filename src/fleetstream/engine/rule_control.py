@@ -169,6 +169,35 @@ class RuleControl:
         self._rules, self._zones = rules, zones
         self._hooks = {r.id: r.webhook for r in rules if r.webhook}
 
+    def metrics(self) -> dict[str, tuple[str, str, float]]:
+        """Prometheus samples: name → (``counter`` or ``gauge``, help text, value)."""
+        hooks = self.engine.webhooks
+        return {
+            "rules": ("gauge", "Alert rules defined.", len(self.defs[RULES])),
+            "zones": ("gauge", "Geofence zones defined.", len(self.defs[ZONES])),
+            "alerts_open": (
+                "gauge",
+                "Alerts active or acknowledged.",
+                len(self.engine.processors.rules.alerts),
+            ),
+            "webhooks_sent_total": ("counter", "Alert webhooks delivered (2xx).", hooks.sent_total),
+            "webhooks_retries_total": (
+                "counter",
+                "Alert webhook attempts that failed and were retried.",
+                hooks.retries_total,
+            ),
+            "webhooks_failed_total": (
+                "counter",
+                "Alert webhooks given up after every attempt.",
+                hooks.failed_total,
+            ),
+            "webhooks_dropped_total": (
+                "counter",
+                "Alert webhooks dropped: the queue was full.",
+                hooks.dropped_total,
+            ),
+        }
+
     # -- alerts ------------------------------------------------------------------------------
 
     async def acknowledge(self, alert_id: str, by: str, note: str | None) -> Alert:
