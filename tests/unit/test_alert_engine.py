@@ -231,3 +231,41 @@ def test_acknowledgements_after_the_checkpoint_survive_a_crash() -> None:
         assert h.store.alerts[stove].state == "acknowledged"
 
     asyncio.run(scenario())
+
+
+def test_a_zone_rule_needs_its_zone_and_a_used_zone_cannot_be_deleted() -> None:
+    async def scenario() -> None:
+        async with Harness() as h:
+            rules = h.runtime.engine.rules
+            stay = {"kind": "zone", "id": "stay", "zone_id": "yard"}
+            with pytest.raises(InvalidDefinition, match="zone 'yard' does not exist"):
+                await rules.put("rules", stay)
+            await rules.put("zones", YARD)
+            await rules.put("rules", stay)
+            with pytest.raises(Conflict, match=r"zone 'yard' is used by rule\(s\) stay"):
+                await rules.delete("zones", "yard")
+            await rules.delete("rules", "stay")
+            await rules.delete("zones", "yard")
+            assert h.store.defs == {"rules": {}, "zones": {}}
+
+    asyncio.run(scenario())
+
+
+def test_an_escalation_raises_the_severity_and_is_a_device_event() -> None:
+    async def scenario() -> None:
+        async with Harness(start_us=(BASE_S + 100) * S) as h:
+            engine = h.runtime.engine
+            rule = {**HOT, "escalate_after_us": 5 * S, "escalate_to": "critical"}
+            await engine.rules.put("rules", rule)
+            await h.post([reading("oven", 1, 90.0)])
+            await h.post([reading("other", 7, 20.0)])  # event time passes 1 + 5 s
+            await engine.tick()
+            await engine.flush()
+            [alert] = h.store.alerts.values()
+            assert (alert.severity, alert.state, alert.opened_at) == ("critical", "active", (BASE_S + 1) * S)
+            assert kinds(h.store, "oven") == [
+                ((BASE_S + 1) * S, "alert_opened"),
+                ((BASE_S + 6) * S, "alert_escalated"),
+            ]
+
+    asyncio.run(scenario())

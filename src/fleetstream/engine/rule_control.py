@@ -127,7 +127,7 @@ class RuleControl:
             candidate = {**self.defs, kind: {**known, parsed_id: stored}}
             rules, zones = self._parsed(candidate)
             try:
-                RuleBook(rules, zones)
+                _check(rules, zones)
             except ValueError as exc:
                 raise InvalidDefinition(str(exc)) from None
             await self.engine.store.put_definition(kind, parsed_id, stored)
@@ -145,10 +145,10 @@ class RuleControl:
             self.get(kind, def_id)
             candidate = {**self.defs, kind: {k: v for k, v in self.defs[kind].items() if k != def_id}}
             rules, zones = self._parsed(candidate)
-            try:
-                RuleBook(rules, zones)
-            except ValueError as exc:  # e.g. a rule still names this zone
-                raise Conflict(str(exc)) from None
+            users = [r.id for r in rules if getattr(r, "zone_id", None) == def_id] if kind == ZONES else []
+            if users:
+                msg = f"zone {def_id!r} is used by rule(s) {', '.join(users)}: delete or change them first"
+                raise Conflict(msg)
             await self.engine.store.delete_definition(kind, def_id)
             self.defs = candidate
             self._apply(rules, zones)
@@ -234,6 +234,17 @@ class RuleControl:
 def webhook_body(change: AlertChange) -> dict[str, Any]:
     """What a webhook receives: ``{"event": "opened" | "escalated" | "cleared", "alert": {...}}``."""
     return {"event": change.kind, "alert": change.alert.as_json()}
+
+
+def _check(rules: list[Rule], zones: list[Zone]) -> None:
+    """Raise ValueError when the rules and zones cannot work together (a zone rule's zone is missing)."""
+    known = {z.id for z in zones}
+    for rule in rules:
+        zone_id = getattr(rule, "zone_id", None)
+        if zone_id is not None and zone_id not in known:
+            msg = f"rule {rule.id!r}: zone {zone_id!r} does not exist (create it with POST /api/v1/zones)"
+            raise ValueError(msg)
+    RuleBook(rules, zones)
 
 
 def _parse(kind: str, body: dict[str, Any]) -> Rule | Zone:
