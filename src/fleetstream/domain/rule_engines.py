@@ -150,7 +150,8 @@ class RangeEngine:
     def restore(self, state: Mapping[str, Any], intern: Intern) -> None:
         self.ev.restore(state)
         for t in state["tracks"]:
-            self.busy[intern(t["device_id"])] = True
+            d = intern(t["device_id"])  # first: interning may grow (replace) the array
+            self.busy[d] = True
 
 
 class FlagEngine:

@@ -113,7 +113,7 @@ class RateEngine(FlagEngine):
         self.prev_t = _grow(self.prev_t, cap, NEVER)
 
     def on_rows(self, rows: Rows, out: list[RuleTransition]) -> None:
-        sel = rows.sensor(self.rule.sensor)
+        sel = rows.sensor(self.rule.sensor) & np.isfinite(rows.values)  # a NaN is no reading here
         scope = rows.scope(self.rule)
         idx = np.flatnonzero(sel if scope is None else sel & scope)
         dev, ts, vals = rows.dev[idx], rows.ts[idx], rows.values[idx]

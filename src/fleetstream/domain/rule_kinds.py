@@ -197,6 +197,7 @@ def parse_rule(d: Mapping[str, Any]) -> Rule:
     kind = d.get("kind", "range")
     where = _where(d)
     if kind == "range":
+        _unknown(d, ("when", "escalate_after_us", "escalate_to", "auto_clear_after_us"))
         _common(d)
         try:
             return RangeRule.from_dict(d)

@@ -95,7 +95,10 @@ class RuleBook:
         self._cap = 0
         self._engines: dict[str, Engine] = {}
         self._zones: dict[str, Zone] = {}
-        self._inside = np.zeros((0, 0), np.bool_)  # device x zone (columns in self._zone_ids order)
+        # Zone membership of located devices only (trackers): slot x zone, columns in _zone_ids order.
+        self._inside = np.zeros((0, 0), np.bool_)
+        self._slot = np.zeros(0, np.int64)  # device -> row of _inside, -1 before its first position
+        self._located: list[int] = []  # row of _inside -> device
         self._zone_ids: list[str] = []
         self._halves: dict[int, tuple[int, float | None, float | None]] = {}
         self.update(rules, zones, 0)
@@ -138,12 +141,17 @@ class RuleBook:
                 engines[rid] = self._fresh(rule)
         for rid, old in self._engines.items():
             if engines.get(rid) is not old:
-                gone = "removed" if rid not in new_rules else "redefined"
-                out.transitions += old.close(now_us, f"cleared: rule {rid} {gone}")
+                if rid not in new_rules:
+                    why = f"rule {rid} removed"
+                elif new_rules[rid] == old.rule and isinstance(old.rule, ZoneRule):
+                    why = f"zone {old.rule.zone_id} changed"
+                else:
+                    why = f"rule {rid} redefined"
+                out.transitions += old.close(now_us, f"cleared: {why}")
         self._engines = engines
         if moved:
             ids = sorted(new_zones)
-            inside = np.zeros((self._cap, len(ids)), np.bool_)
+            inside = np.zeros((len(self._inside), len(ids)), np.bool_)
             for j, zid in enumerate(ids):
                 if zid in self._zones and zid not in moved:
                     inside[:, j] = self._inside[:, self._zone_ids.index(zid)]
@@ -166,9 +174,9 @@ class RuleBook:
                 self._cap = max(1024, 2 * self._cap)
                 for e in self._engines.values():
                     e.grow(self._cap)
-                grown = np.zeros((self._cap, len(self._zone_ids)), np.bool_)
-                grown[: len(self._inside)] = self._inside
-                self._inside = grown
+                slot = np.full(self._cap, -1, np.int64)
+                slot[: len(self._slot)] = self._slot
+                self._slot = slot
         return d
 
     # -- stream -------------------------------------------------------------------------------------
@@ -208,10 +216,14 @@ class RuleBook:
         out = RuleOutput()
         for engine in self._engines.values():
             engine.on_time(now_us, out.transitions)
+        # In event-time order (stable: one alert's transitions keep theirs), not in timer-heap order.
+        rank = {rid: i for i, rid in enumerate(self._engines)}
+        out.transitions.sort(key=lambda t: (t.ts, rank[t.rule_id], t.device_id))
         return out
 
     def _positions(self, rows: Rows, out: RuleOutput) -> None:
-        lat_rows, lon_rows = rows.sensor(LATITUDE), rows.sensor(LONGITUDE)
+        finite = np.isfinite(rows.values)  # a NaN coordinate is no position, not one outside every zone
+        lat_rows, lon_rows = rows.sensor(LATITUDE) & finite, rows.sensor(LONGITUDE) & finite
         found: list[tuple[int, int, int, float, float]] = []  # (row, device, ts, lat, lon)
         halves = self._halves
         for i in np.flatnonzero(lat_rows | lon_rows).tolist():
@@ -231,34 +243,49 @@ class RuleBook:
         row = np.array([f[0] for f in found], np.intp)
         pdev = rows.dev[row]
         pts = np.array([f[2] for f in found], np.int64)
-        lats = np.array([f[3] for f in found], np.float64)
-        lons = np.array([f[4] for f in found], np.float64)
+        lats = [f[3] for f in found]
+        lons = [f[4] for f in found]
+        lat_array, lon_array = np.array(lats, np.float64), np.array(lons, np.float64)
         member = np.empty((len(found), len(self._zone_ids)), np.bool_)
         for j, zid in enumerate(self._zone_ids):
-            member[:, j] = self._zones[zid].contains_many(lats, lons)
-        at = Rows(pdev, [rows.ids[i] for i in row.tolist()], rows.types[row], rows.sensors[row], lats, pts)
+            member[:, j] = self._zones[zid].contains_many(lat_array, lon_array)
+        at = Rows(
+            pdev,
+            [rows.ids[i] for i in row.tolist()],
+            rows.types[row],
+            rows.sensors[row],
+            rows.values[row],
+            pts,
+        )
         zone_rules = [e for e in self._engines.values() if isinstance(e, ZoneEngine)]
         scopes = [at.scope(e.rule) for e in zone_rules]
         column = {zid: j for j, zid in enumerate(self._zone_ids)}
+        crossed: list[tuple[int, int, ZoneCrossing]] = []
         for r in rounds(pdev):
             d, cur = pdev[r], member[r]
-            for i, j in zip(*np.nonzero(self._inside[d] != cur), strict=True):
+            place = self._place(d)
+            for i, j in zip(*np.nonzero(self._inside[place] != cur), strict=True):
                 p = int(r[i])
-                out.crossings.append(
-                    ZoneCrossing(
-                        at.ids[p],
-                        self._zone_ids[j],
-                        bool(cur[i, j]),
-                        int(pts[p]),
-                        float(lats[p]),
-                        float(lons[p]),
-                    )
-                )
-            self._inside[d] = cur
+                z = ZoneCrossing(at.ids[p], self._zone_ids[j], bool(cur[i, j]), int(pts[p]), lats[p], lons[p])
+                crossed.append((p, int(j), z))
+            self._inside[place] = cur
             for e, scope in zip(zone_rules, scopes, strict=True):
                 col = column.get(e.rule.zone_id)
                 inside = None if col is None else cur[:, col]
                 e.on_positions(d, pts[r], inside, None if scope is None else scope[r], out.transitions)
+        out.crossings += [z for _, _, z in sorted(crossed, key=lambda c: c[:2])]  # log order, then zone id
+
+    def _place(self, devices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Rows of ``_inside`` for devices (distinct), given to those located for the first time."""
+        place = self._slot[devices]
+        for d in devices[place < 0].tolist():
+            self._slot[d] = len(self._located)
+            self._located.append(d)
+        if len(self._located) > len(self._inside):
+            grown = np.zeros((max(256, 2 * len(self._located)), len(self._zone_ids)), np.bool_)
+            grown[: len(self._inside)] = self._inside
+            self._inside = grown
+        return self._slot[devices]
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -271,8 +298,8 @@ class RuleBook:
 
     def snapshot(self) -> dict[str, Any]:
         """Builtins-only state (JSON-ready), for :meth:`restore`."""
-        inside = {self._names[d]: [self._zone_ids[j] for j in np.flatnonzero(row).tolist()]
-                  for d, row in enumerate(self._inside[: len(self._names)]) if row.any()}  # fmt: skip
+        inside = {self._names[self._located[k]]: [self._zone_ids[j] for j in np.flatnonzero(row).tolist()]
+                  for k, row in enumerate(self._inside[: len(self._located)]) if row.any()}  # fmt: skip
         return {
             "format": SNAPSHOT_FORMAT,
             "rules": {
@@ -296,13 +323,15 @@ class RuleBook:
             engine = self._engines.get(rid)
             if engine is not None and engine.rule.to_dict() == saved["rule"]:
                 engine.restore(saved["state"], self._intern)
-        self._inside[:] = False
+        self._slot[:] = -1
+        self._located = []
+        self._inside = np.zeros((0, len(self._zone_ids)), np.bool_)
         column = {zid: j for j, zid in enumerate(self._zone_ids)}
         for name, zids in state["inside"].items():
-            d = self._intern(name)
+            row = int(self._place(np.array([self._intern(name)], np.int64))[0])
             for zid in zids:
                 if zid in column:
-                    self._inside[d, column[zid]] = True
+                    self._inside[row, column[zid]] = True
         self._halves = {
             self._intern(name): (int(t), lat, lon) for name, (t, lat, lon) in state["halves"].items()
         }
