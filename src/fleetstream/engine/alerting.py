@@ -168,11 +168,5 @@ class RuleStage:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Resume from a :meth:`snapshot` (rules and zones configured first)."""
-        book = state["book"]
-        # Device ids are interned before the restore: RangeEngine.restore indexes an array that
-        # interning a new id may replace (it would index the old, smaller one).
-        for saved in book.get("rules", {}).values():
-            for track in saved.get("state", {}).get("tracks", ()):
-                self.book._intern(track["device_id"])
-        self.book.restore(book)
+        self.book.restore(state["book"])
         self.alerts = AlertBook.restore(state["alerts"])
