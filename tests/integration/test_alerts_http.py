@@ -431,3 +431,49 @@ def test_the_walkthrough_with_the_simulator(start: Callable[..., ServerProcess],
     wait_for(lambda: [b["event"] for p, b in receiver.received if p == "/overheat"] == ["opened", "cleared"])
     cleared = srv.call("GET", f"/api/v1/alerts/{hot['id']}")[1]
     assert (cleared["acknowledged_by"], cleared["ack_note"]) == ("ops", "replacing the fan")
+
+
+def test_a_killed_server_replays_to_the_same_alerts_and_events(start: Callable[..., ServerProcess]) -> None:
+    # One checkpoint right after start, none after: the restart replays everything below from the log.
+    env = {"FLEETSTREAM_ENGINE__FLUSH_INTERVAL_S": "0.1", "FLEETSTREAM_ENGINE__CHECKPOINT_INTERVAL_S": "3600"}
+    srv = start(env=env)
+    assert srv.call("POST", "/api/v1/zones", YARD)[0] == 201
+    hot = {"id": "hot", "when": {"sensor": "temperature", "op": ">", "threshold": 80, "clear_at": 78}}
+    assert srv.call("POST", "/api/v1/rules", hot)[0] == 201
+    assert srv.call("POST", "/api/v1/rules", {"kind": "zone", "id": "stay", "zone_id": "yard"})[0] == 201
+    for second, value, lat in [
+        (0, 70.0, 52.5),
+        (1, 85.0, 54.0),
+        (2, 79.0, 52.4),
+        (3, 60.0, 54.1),
+        (4, 90.0, 54.2),
+    ]:
+        post(srv, [reading("k1", second, value), fix("k2", second, lat, 4.5)])
+    wait_for(lambda: len(alerts(srv)) == 4)
+    acked = f"hot:k1:{us(4)}"
+    assert srv.call("POST", f"/api/v1/alerts/{acked}/ack", {"by": "ana"})[0] == 200
+    found = {a["id"]: a for a in alerts(srv)}
+    assert found[acked]["state"] == "acknowledged"
+    expected = {
+        "k1": [("alert_opened", at(1)), ("alert_cleared", at(3)), ("alert_opened", at(4))],
+        "k2": [
+            ("zone_entered", at(0)),
+            ("zone_left", at(1)),
+            ("alert_opened", at(1)),
+            ("zone_entered", at(2)),
+            ("alert_cleared", at(2)),
+            ("zone_left", at(3)),
+            ("alert_opened", at(3)),
+        ],
+    }
+    wait_for(lambda: {d: rule_events(srv, d) for d in expected} == expected)
+    srv.stop("kill")
+
+    again = start(data=srv.data, env=env)
+    assert "replayed" in again.output()  # no checkpoint covered the readings: they were replayed
+    assert {a["id"]: a for a in alerts(again)} == found
+    assert {d: rule_events(again, d) for d in expected} == expected
+    # The open alerts go on: the oven cools, the tracker comes back.
+    post(again, [reading("k1", 5, 70.0), fix("k2", 5, 52.5, 4.5)])
+    wait_for(lambda: not alerts(again, state="active") and not alerts(again, state="acknowledged"))
+    assert len(alerts(again)) == 4
