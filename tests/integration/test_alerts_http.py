@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -437,6 +438,7 @@ def test_a_killed_server_replays_to_the_same_alerts_and_events(start: Callable[.
     # One checkpoint right after start, none after: the restart replays everything below from the log.
     env = {"FLEETSTREAM_ENGINE__FLUSH_INTERVAL_S": "0.1", "FLEETSTREAM_ENGINE__CHECKPOINT_INTERVAL_S": "3600"}
     srv = start(env=env)
+    time.sleep(1.0)  # the flusher's first round (0.1 s after start) stores that checkpoint first
     assert srv.call("POST", "/api/v1/zones", YARD)[0] == 201
     hot = {"id": "hot", "when": {"sensor": "temperature", "op": ">", "threshold": 80, "clear_at": 78}}
     assert srv.call("POST", "/api/v1/rules", hot)[0] == 201
