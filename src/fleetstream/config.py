@@ -62,6 +62,10 @@ class EngineSettings(_Group):
     flush_interval_s: float = Field(
         1.0, gt=0, description="how often emitted windows, device events and changed twins are stored"
     )
+    webhook_attempts: int = Field(5, ge=1, le=20, description="tries of an alert webhook delivery")
+    webhook_backoff_s: float = Field(
+        0.5, gt=0, description="wait before the first webhook retry (doubling after each)"
+    )
 
 
 class StreamSettings(_Group):

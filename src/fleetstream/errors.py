@@ -9,7 +9,9 @@
      │    ├── MalformedBody     not JSON / NDJSON              (400)
      │    ├── UnsupportedMediaType                             (415)
      │    ├── PayloadTooLarge   body or batch over the limit   (413)
-     │    └── NotFound                                         (404)
+     │    ├── NotFound                                         (404)
+     │    ├── Conflict          clashes with the current state (409)
+     │    └── InvalidDefinition a rule or zone that cannot work (422)
      ├── Overloaded(retry_after) a full queue: try later       (503 + Retry-After)
      ├── BusUnavailable         the log cannot take data now   (503)
      ├── StoreError             the store failed               (503)
@@ -75,6 +77,18 @@ class NotFound(InvalidInput):
     """No such resource."""
 
     code = "not_found"
+
+
+class Conflict(InvalidInput):
+    """The request clashes with the resource's current state (a duplicate id, a cleared alert)."""
+
+    code = "conflict"
+
+
+class InvalidDefinition(InvalidInput):
+    """A rule or zone definition that cannot work; the message says why."""
+
+    code = "invalid_definition"
 
 
 class Overloaded(FleetstreamError):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fleetstream.domain.alerts import Alert
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.records import DedupKey
@@ -133,16 +134,18 @@ class Derived:
     """What the processors made of a stretch of the log, stored idempotently (a replay may write it again).
 
     Windows replace the stored row of their key; late readings and device events already stored
-    (same log position, same device sequence number) are not added twice; twins replace their row.
+    (same log position, same device sequence number) are not added twice; twins replace their row;
+    alerts replace the row of their id (an acknowledgement stored since is kept).
     """
 
     windows: list[WindowAggregate] = field(default_factory=list)
     late: LateReadings = field(default_factory=LateReadings)
     events: list[DeviceEvent] = field(default_factory=list)
     twins: list[DeviceTwin] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.windows or len(self.late) or self.events or self.twins)
+        return bool(self.windows or len(self.late) or self.events or self.twins or self.alerts)
 
     def extend(self, other: Derived) -> None:
         """Add ``other``'s records after these (a later window version replaces an earlier one)."""
@@ -150,6 +153,7 @@ class Derived:
         self.late.extend(other.late)
         self.events += other.events
         self.twins += other.twins
+        self.alerts += other.alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,19 @@ class EventQuery:
     types: tuple[str, ...] = ()
     after_seq: int = 0
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AlertQuery:
+    """Stored alerts, newest opened first: ``opened_at`` in ``[start, end)``, filtered, one page."""
+
+    state: str | None = None
+    device_id: str | None = None
+    rule_id: str | None = None
+    start: int | None = None
+    end: int | None = None
+    limit: int = 100
+    offset: int = 0
 
 
 class Store(Protocol):
@@ -282,6 +299,28 @@ class Store(Protocol):
 
     async def list_model_rounds(self) -> list[ModelRound]:
         """Every stored training round, oldest first."""
+        ...
+
+    # -- alerts, rules and zones -------------------------------------------------
+
+    async def query_alerts(self, query: AlertQuery) -> tuple[int, list[Alert]]:
+        """How many stored alerts match, and one page of them (newest opened first, then by id)."""
+        ...
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        """One stored alert."""
+        ...
+
+    async def definitions(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The stored definitions of ``kind`` (``rules`` or ``zones``), by id."""
+        ...
+
+    async def put_definition(self, kind: str, def_id: str, definition: dict[str, Any]) -> None:
+        """Store (create or replace) one definition, durably."""
+        ...
+
+    async def delete_definition(self, kind: str, def_id: str) -> bool:
+        """Remove one definition; whether it existed."""
         ...
 
 

@@ -19,6 +19,7 @@ import msgspec
 
 from fleetstream.adapters.bus.memory import MemoryBus
 from fleetstream.config import Settings
+from fleetstream.domain.alerts import ACKNOWLEDGED, ACTIVE, Alert
 from fleetstream.domain.batch import Batch, message_numbers
 from fleetstream.domain.buckets import Buckets
 from fleetstream.domain.clock import ManualClock
@@ -28,6 +29,7 @@ from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import ALL_DEVICES, LateReadings, WindowAggregate
 from fleetstream.ingest.gateway import IngestResult
 from fleetstream.ports import (
+    AlertQuery,
     Checkpoint,
     DeadLetter,
     Derived,
@@ -56,6 +58,8 @@ class InMemoryStore:
         self.twins: dict[str, DeviceTwin] = {}
         self.saved: Checkpoint | None = None
         self.model_rounds: dict[int, ModelRound] = {}
+        self.alerts: dict[str, Alert] = {}
+        self.defs: dict[str, dict[str, dict[str, Any]]] = {"rules": {}, "zones": {}}
 
     @property
     def readings(self) -> list[Reading]:
@@ -155,6 +159,18 @@ class InMemoryStore:
             self.events.setdefault((e.device_id, e.seq), e)
         for t in derived.twins:
             self.twins[t.device_id] = DeviceTwin.from_state(t.to_state())
+        for a in derived.alerts:
+            new = replace(a)
+            old = self.alerts.get(a.id)
+            if old is not None and old.acknowledged_at is not None and new.acknowledged_at is None:
+                new.acknowledged_at, new.acknowledged_by, new.ack_note = (
+                    old.acknowledged_at,
+                    old.acknowledged_by,
+                    old.ack_note,
+                )
+                if new.state == ACTIVE:
+                    new.state = ACKNOWLEDGED
+            self.alerts[a.id] = new
         if checkpoint is not None:
             self.saved = checkpoint
 
@@ -205,6 +221,33 @@ class InMemoryStore:
             and (not query.types or e.type in query.types)
         ]
         return chosen[: query.limit]
+
+    async def query_alerts(self, query: AlertQuery) -> tuple[int, list[Alert]]:
+        found = [
+            a
+            for a in self.alerts.values()
+            if (query.state is None or a.state == query.state)
+            and (query.device_id is None or a.device_id == query.device_id)
+            and (query.rule_id is None or a.rule_id == query.rule_id)
+            and (query.start is None or a.opened_at >= query.start)
+            and (query.end is None or a.opened_at < query.end)
+        ]
+        found.sort(key=lambda a: (-a.opened_at, a.id))
+        page = found[query.offset : query.offset + query.limit]
+        return len(found), [replace(a) for a in page]
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        alert = self.alerts.get(alert_id)
+        return None if alert is None else replace(alert)
+
+    async def definitions(self, kind: str) -> dict[str, dict[str, Any]]:
+        return dict(self.defs[kind])
+
+    async def put_definition(self, kind: str, def_id: str, definition: dict[str, Any]) -> None:
+        self.defs[kind][def_id] = dict(definition)
+
+    async def delete_definition(self, kind: str, def_id: str) -> bool:
+        return self.defs[kind].pop(def_id, None) is not None
 
     async def late_counts(self) -> dict[str, int]:
         if not len(self.late):

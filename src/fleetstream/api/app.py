@@ -12,8 +12,10 @@ from fastapi.responses import HTMLResponse
 from fleetstream import __version__
 from fleetstream.api import errors
 from fleetstream.api.fastlane import IngestFastLane
+from fleetstream.api.routes import alerts as alert_routes
 from fleetstream.api.routes import deadletters, devices, devicetypes, ingest, live, ops, query, windows
 from fleetstream.api.routes import models as model_routes
+from fleetstream.api.routes import rules as rule_routes
 from fleetstream.api.routes import simulator as simulator_routes
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock
@@ -74,6 +76,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(simulator_routes.router)
     app.include_router(model_routes.router)
+    app.include_router(rule_routes.router)
+    app.include_router(alert_routes.router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

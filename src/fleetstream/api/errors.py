@@ -12,7 +12,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetstream.errors import (
     BusUnavailable,
+    Conflict,
     FleetstreamError,
+    InvalidDefinition,
     InvalidReading,
     MalformedBody,
     NotFound,
@@ -30,6 +32,8 @@ STATUS: list[tuple[type[FleetstreamError], int]] = [
     (UnsupportedMediaType, 415),
     (PayloadTooLarge, 413),
     (NotFound, 404),
+    (Conflict, 409),
+    (InvalidDefinition, 422),
     (Overloaded, 503),
     (BusUnavailable, 503),
     (StoreError, 503),

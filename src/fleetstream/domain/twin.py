@@ -200,6 +200,21 @@ class TwinProcessor:
         self._dirty.clear()
         return changed
 
+    def append(
+        self, device_id: str, kind: str, ts: int, payload: dict[str, Any], position: int
+    ) -> DeviceEvent | None:
+        """Append an event another processor made (an alert, a zone crossing) to a resident twin.
+
+        It takes the twin's next sequence number, so it sits in the device's history with the
+        twin's own events; ``None`` when the twin is not in memory (not seen yet, or evicted).
+        """
+        twin = self._twins.get(device_id)
+        if twin is None:
+            return None
+        out: list[DeviceEvent] = []
+        self._emit(out, twin, kind, ts, payload, position)
+        return out[0]
+
     def get(self, device_id: str) -> DeviceTwin | None:
         """The twin of a device, if it is in memory."""
         return self._twins.get(device_id)

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from fleetstream.config import EngineSettings, StreamSettings
+from fleetstream.domain.alerts import AlertChange
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
 from fleetstream.domain.dedup import Deduplicator
@@ -37,6 +38,8 @@ from fleetstream.domain.twin import DeviceEvent
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.processors import StreamProcessors
+from fleetstream.engine.rule_control import RuleControl
+from fleetstream.engine.webhooks import WebhookSender, WebhookSettings
 from fleetstream.errors import FleetstreamError, StoreError
 from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Checkpoint, Derived, Store
 
@@ -67,6 +70,11 @@ class Engine:
         self.processors = StreamProcessors(self.stream)
         self.windows: Channel[WindowAggregate] = Channel(clock.monotonic)
         self.events: Channel[DeviceEvent] = Channel(clock.monotonic)
+        self.alerts: Channel[AlertChange] = Channel(clock.monotonic)
+        self.webhooks = WebhookSender(
+            WebhookSettings(attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s)
+        )
+        self.rules = RuleControl(self)
         self._pending = Derived()
         self._last_checkpoint = 0.0
         self._checkpoint_every = self.settings.checkpoint_interval_s
@@ -89,7 +97,10 @@ class Engine:
             recent = await self.store.recent_keys(newest - self.dedup.horizon_us)
             self.dedup.remember([key for key, _ in recent], [ts for _, ts in recent])
         self.sensors_seen = await self.store.sensors()
+        await self.rules.load()
         await self._recover()
+        await self.rules.after_recovery()
+        await self.webhooks.start()
         batches = self.bus.subscribe(READINGS_TOPIC, ENGINE_GROUP, self.settings.batch_max_records)
         self._task = asyncio.create_task(self._run(batches), name="fleetstream-engine")
         self._flusher = asyncio.create_task(self._flush_forever(), name="fleetstream-flusher")
@@ -112,9 +123,11 @@ class Engine:
                 await self._flush(checkpoint=True)
             except Exception:
                 log.exception("storing the final checkpoint failed; the next start replays more of the log")
+        await self.webhooks.stop()
         self.hub.close()
         self.windows.close()
         self.events.close()
+        self.alerts.close()
 
     @property
     def stats(self) -> LiveStats:
@@ -133,7 +146,9 @@ class Engine:
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring an unreadable checkpoint (%s): replaying the whole log", exc)
                 self.processors = StreamProcessors(self.stream)
+                self.rules.configure(self.processors)
         start = self.processors.position
+        self.processors.rules.replaying = True
         started = self.clock.monotonic()
         told = started
         while True:
@@ -148,6 +163,7 @@ class Engine:
             if now - told >= 5:
                 told = now
                 log.info("replaying the log: at position %d of %d", self.processors.position, self._seq)
+        self.processors.rules.replaying = False
         if self.replayed:
             await self._flush(checkpoint=True)
             log.info(
@@ -188,6 +204,17 @@ class Engine:
             except Exception:
                 self.processors.twins.mark_dirty(t.device_id for t in changed)
                 raise
+
+    async def flush_alerts(self) -> None:
+        """Store the alert changes not stored yet now (alert queries read the store)."""
+        alerts, self._pending.alerts = self._pending.alerts, []
+        if not alerts:
+            return
+        try:
+            await self.store.write_derived(Derived(alerts=alerts))
+        except Exception:
+            self._pending.alerts = alerts + self._pending.alerts
+            raise
 
     async def flush(self) -> None:
         """Store what the processors emitted and a checkpoint now (tests, shutdown)."""
@@ -346,8 +373,13 @@ class Engine:
 
     def _take(self, derived: Derived, *, live: bool) -> None:
         self._pending.extend(derived)
+        changes = self.processors.alert_changes
+        if changes:
+            self.processors.alert_changes = []
         if live:
             if derived.windows:
                 self.windows.publish(derived.windows)
             if derived.events:
                 self.events.publish(derived.events)
+            if changes:
+                self.rules.announce(changes)

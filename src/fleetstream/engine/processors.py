@@ -16,10 +16,14 @@ from typing import Any
 import msgspec
 
 from fleetstream.config import StreamSettings
+from fleetstream.domain.alerts import AlertChange
 from fleetstream.domain.batch import Batch
+from fleetstream.domain.geometry import Zone
+from fleetstream.domain.rulebook import Rule
 from fleetstream.domain.stats import LiveStats
 from fleetstream.domain.twin import DeviceTwin, TwinProcessor, TwinSettings
 from fleetstream.domain.windows import WindowOutput, WindowProcessor, WindowSettings
+from fleetstream.engine.alerting import RuleStage
 from fleetstream.ports import Derived
 
 _S = 1_000_000
@@ -56,6 +60,8 @@ class StreamProcessors:
         self.windows = WindowProcessor(window_settings(stream))
         self.twins = TwinProcessor(twin_settings(stream))
         self.stats = LiveStats()
+        self.rules = RuleStage()
+        self.alert_changes: list[AlertChange] = []  # taken by the engine for live subscribers
         self.position = 0  # log position of the last record processed
 
     def on_batch(self, batch: Batch, now_us: int) -> Derived:
@@ -70,7 +76,11 @@ class StreamProcessors:
                     batch.device_id, batch.sensor, batch.value, batch.ts, batch.received_at, seq, now_us
                 ),
             )
-        out.events = self.twins.on_batch(batch, now_us)
+        ahead = self.rules.ahead(batch, self.twins, self.position)
+        rule_events = self.rules.before_batch(self.twins, self.position)
+        out.events = rule_events + self.twins.on_batch(batch, now_us)
+        out.events += self.rules.on_batch(batch, self.twins, ahead)
+        self._add_alerts(out)
         last = max(batch.seq[-1] if batch.seq else 0, batch.events[-1].seq if batch.events else 0)
         self.position = max(self.position, last)
         return out
@@ -80,9 +90,25 @@ class StreamProcessors:
         out = Derived()
         self._add_windows(out, self.windows.on_timer(now_us))
         events, evicted = self.twins.on_timer(now_us)
-        out.events = events
+        out.events = events + self.rules.on_time(self.twins, self.position)
         out.twins = evicted
+        self._add_alerts(out)
         return out
+
+    def set_rules(self, rules: list[Rule], zones: list[Zone], now_us: int | None = None) -> Derived:
+        """Set the rules and zones: before a restore (``now_us`` None), or while running."""
+        if now_us is None:
+            self.rules.configure(rules, zones)
+            return Derived()
+        out = Derived(events=self.rules.update(rules, zones, self.twins, now_us, self.position))
+        self._add_alerts(out)
+        return out
+
+    def _add_alerts(self, out: Derived) -> None:
+        changes = self.rules.take_changes()
+        if changes:
+            out.alerts += [c.alert for c in changes]
+            self.alert_changes += changes
 
     def missing(self, batch: Batch) -> set[str]:
         """Devices of the batch whose twin must be loaded from the store first."""
@@ -108,6 +134,7 @@ class StreamProcessors:
             "windows": self.windows.snapshot(),
             "twins": self.twins.snapshot(),
             "stats": self.stats.to_state(),
+            "rules": self.rules.snapshot(),
         }
         return msgspec.msgpack.encode(state)
 
@@ -125,6 +152,8 @@ class StreamProcessors:
         self.windows = WindowProcessor.restore(window_settings(self.stream), state["windows"])
         self.twins = TwinProcessor.restore(twin_settings(self.stream), state["twins"], twins)
         self.stats = LiveStats.from_state(state["stats"])
+        if "rules" in state:  # checkpoints written before rules existed have none
+            self.rules.restore(state["rules"])
 
     @staticmethod
     def resident_ids(blob: bytes) -> list[str]:

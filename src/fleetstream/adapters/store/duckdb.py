@@ -22,8 +22,10 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from fleetstream.adapters.store import duckdb_alerts as alerts_db
 from fleetstream.adapters.store import duckdb_derived as derived
 from fleetstream.adapters.store import duckdb_models as models
+from fleetstream.domain.alerts import Alert
 from fleetstream.domain.batch import Batch, message_numbers
 from fleetstream.domain.buckets import Buckets
 from fleetstream.domain.federated import ModelRound
@@ -32,6 +34,7 @@ from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.errors import ConfigError, StoreError
 from fleetstream.ports import (
+    AlertQuery,
     Checkpoint,
     DeadLetter,
     Derived,
@@ -178,6 +181,7 @@ class DuckDBStore:
         con.execute("ALTER TABLE readings ADD COLUMN IF NOT EXISTS msg_seq BIGINT")
         con.execute(derived.DDL)
         con.execute(models.DDL)
+        con.execute(alerts_db.DDL)
         # A larger WAL than the default 16 MB: fewer checkpoints stalling a commit under load, at the
         # cost of a longer WAL replay after a crash (seconds).
         con.execute("SET checkpoint_threshold = '128MB'")
@@ -431,6 +435,21 @@ class DuckDBStore:
 
     async def late_counts(self) -> dict[str, int]:
         return await self._on_reader(lambda: derived.late_counts(self._cursor()))
+
+    async def query_alerts(self, query: AlertQuery) -> tuple[int, list[Alert]]:
+        return await self._on_reader(lambda: alerts_db.query_alerts(self._cursor(), query))
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        return await self._on_reader(lambda: alerts_db.get_alert(self._cursor(), alert_id))
+
+    async def definitions(self, kind: str) -> dict[str, dict[str, Any]]:
+        return await self._on_writer(lambda: alerts_db.definitions(self._connection(), kind))
+
+    async def put_definition(self, kind: str, def_id: str, definition: dict[str, Any]) -> None:
+        await self._on_writer(lambda: alerts_db.put_definition(self._connection(), kind, def_id, definition))
+
+    async def delete_definition(self, kind: str, def_id: str) -> bool:
+        return await self._on_writer(lambda: alerts_db.delete_definition(self._connection(), kind, def_id))
 
     async def device_rows(self, device_id: str, until: int) -> Batch:
         return await self._on_reader(self._device_rows, device_id, until)

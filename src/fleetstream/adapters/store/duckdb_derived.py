@@ -22,6 +22,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
+from fleetstream.adapters.store.duckdb_alerts import write_alerts
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import LateReadings, WindowAggregate
 from fleetstream.ports import Checkpoint, Derived, EventQuery, WindowQuery
@@ -156,6 +157,8 @@ def write_derived(con: duckdb.DuckDBPyConnection, derived: Derived, checkpoint: 
             _write_events(con, derived.events)
         if derived.twins:
             _write_twins(con, derived.twins)
+        if derived.alerts:
+            write_alerts(con, derived.alerts)
         if checkpoint is not None:
             con.execute("DELETE FROM checkpoints WHERE name = 'engine'")
             con.execute(

@@ -69,8 +69,8 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
         f'fleetstream_late_readings_total{{sensor="{_label(sensor)}"}} {n}'
         for sensor, n in sorted(runtime.engine.processors.late_total.items())
     ]
-    for source in runtime.sources.values():
-        for name, (kind, text, value) in source.metrics().items():
+    for samples in [*(s.metrics() for s in runtime.sources.values()), runtime.engine.rules.metrics()]:
+        for name, (kind, text, value) in samples.items():
             help_[name] = (kind, text)
             values[name] = value
     lines = []
