@@ -75,6 +75,9 @@ class PostgresStore:
             await self.close()
             msg = f"cannot open PostgreSQL store {_redacted(self.url)}: {exc}"
             raise StoreError(msg) from exc
+        except BaseException:
+            await self.close()
+            raise
         log.info("PostgreSQL store %s: readings in a %s table", _redacted(self.url), self.layout)
 
     async def _connect(self) -> Connection:
@@ -99,6 +102,8 @@ class PostgresStore:
             raise StoreError(msg)
         async with self._write_lock:
             try:
+                if self._writer.closed or self._writer.broken:  # the server dropped it: a new one
+                    self._writer = await self._connect()
                 async with self._writer.transaction():
                     yield self._writer
             except psycopg.Error as exc:
@@ -112,7 +117,7 @@ class PostgresStore:
             raise StoreError(msg)
         con = await self._readers.get()
         try:
-            if con.closed:  # the server dropped it: one new try
+            if con.closed or con.broken:  # the server dropped it: a new one
                 con = await self._connect()
             yield con
         except psycopg.Error as exc:
