@@ -22,7 +22,7 @@ import psycopg
 
 from fleetstream.adapters.store import postgres_derived as derived
 from fleetstream.adapters.store import postgres_queries as queries
-from fleetstream.adapters.store.duckdb import _message_of, _message_positions, _replayed
+from fleetstream.adapters.store.duckdb import _message_positions, _replayed
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 SCHEMA_VERSION = 2
-_READING_COLUMNS = "seq, device_id, ts, sensor, value, unit, device_type, msg_id, received_at, kind, msg_seq"
+_READING_COLUMNS = queries.READING_COLUMNS
 _READING_TYPES = ["int8", "text", "int8", "text", "float8", "text", "text", "text", "int8", "text", "int8"]
-_MESSAGE_COLUMNS = "seq, device_id, ts, kind, device_type, msg_id, received_at"
+_MESSAGE_COLUMNS = queries.MESSAGE_COLUMNS
 _MESSAGE_TYPES = ["int8", "text", "int8", "text", "text", "text", "int8"]
 
 
@@ -291,37 +291,8 @@ class PostgresStore:
         return _replayed(rows, bare)
 
     async def replay(self, after: int, max_records: int) -> Batch:
-        spare = 1_000  # rows read past max_records so the last message is not cut in two
         async with self._writing() as con:
-            cur = await con.execute(
-                f"SELECT {_READING_COLUMNS} FROM readings WHERE seq > %s ORDER BY seq LIMIT %s",
-                [after, max_records + spare],
-            )
-            rows = await cur.fetchall()
-            if len(rows) > max_records:
-                cut = max_records
-                ident = _message_of(rows[cut - 1])
-                while cut < len(rows) and _message_of(rows[cut]) == ident:
-                    cut += 1
-                rows = rows[:cut]
-                upper_sql, params = "seq > %s AND seq <= %s", [after, rows[-1][0]]
-            else:  # the end of the readings: every reading-less message after them too
-                upper_sql, params = "seq > %s", [after]
-            cur = await con.execute(
-                f"""SELECT {_MESSAGE_COLUMNS} FROM device_messages
-                    WHERE {upper_sql} ORDER BY seq LIMIT %s""",
-                [*params, max_records],
-            )
-            bare = await cur.fetchall()
-        if rows and bare:
-            # Log order as the engine sees it live: rows, then reading-less messages after all of
-            # them. Stop at the first row that follows a reading-less message.
-            first_bare = bare[0][0]
-            head = [r for r in rows if r[0] < first_bare]
-            following = [r[0] for r in rows if r[0] > first_bare]
-            if following:
-                bare = [b for b in bare if b[0] < following[0]]
-            rows = head
+            rows, bare = await queries.replay_rows(con, after, max_records)
         return _replayed(rows, bare)
 
 

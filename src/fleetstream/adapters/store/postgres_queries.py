@@ -1,4 +1,4 @@
-"""The PostgreSQL schema of readings and the queries over them, for
+"""The PostgreSQL schema of readings, the queries over them and the log replay, for
 :class:`~fleetstream.adapters.store.postgres.PostgresStore`.
 
 Each query answers as DuckDB's does: quantiles interpolate between the two nearest values
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from fleetstream.adapters.store import postgres_derived as derived
+from fleetstream.adapters.store.duckdb import _message_of
 from fleetstream.domain.buckets import Buckets
 from fleetstream.domain.records import DedupKey
 from fleetstream.errors import StoreError
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAY_US = 86_400_000_000
+READING_COLUMNS = "seq, device_id, ts, sensor, value, unit, device_type, msg_id, received_at, kind, msg_seq"
+MESSAGE_COLUMNS = "seq, device_id, ts, kind, device_type, msg_id, received_at"
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -234,3 +237,40 @@ async def query_series(con: Connection, query: SeriesQuery) -> dict[str, list[di
     for sensor, bucket, *values in await cur.fetchall():
         result.setdefault(sensor, []).append({"t": int(bucket), **_values(names, columns, values)})
     return dict(sorted(result.items()))
+
+
+async def replay_rows(
+    con: Connection, after: int, max_records: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Readings and reading-less messages after log position ``after``, about ``max_records``,
+    in log order as the engine saw them live (rows of one message kept together)."""
+    spare = 1_000  # rows read past max_records so the last message is not cut in two
+    cur = await con.execute(
+        f"SELECT {READING_COLUMNS} FROM readings WHERE seq > %s ORDER BY seq LIMIT %s",
+        [after, max_records + spare],
+    )
+    rows = await cur.fetchall()
+    if len(rows) > max_records:
+        cut = max_records
+        ident = _message_of(rows[cut - 1])
+        while cut < len(rows) and _message_of(rows[cut]) == ident:
+            cut += 1
+        rows = rows[:cut]
+        upper_sql, params = "seq > %s AND seq <= %s", [after, rows[-1][0]]
+    else:  # the end of the readings: every reading-less message after them too
+        upper_sql, params = "seq > %s", [after]
+    cur = await con.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM device_messages WHERE {upper_sql} ORDER BY seq LIMIT %s",
+        [*params, max_records],
+    )
+    bare = await cur.fetchall()
+    if rows and bare:
+        # Rows first, then reading-less messages after all of them: stop at the first row that
+        # follows a reading-less message.
+        first_bare = bare[0][0]
+        head = [r for r in rows if r[0] < first_bare]
+        following = [r[0] for r in rows if r[0] > first_bare]
+        if following:
+            bare = [b for b in bare if b[0] < following[0]]
+        rows = head
+    return rows, bare
