@@ -25,7 +25,7 @@ def test_the_url_registry_opens_postgresql_urls() -> None:
 def test_the_schema_indexes_and_reopening(postgres_url: str) -> None:
     store = PostgresStore(postgres_url)
     call(store.start())
-    assert store.layout == "BRIN-indexed"
+    assert store.layout == "BRIN-indexed table"
     call(store.write(Batch.from_messages(DATA)))
     call(store.write_dead_letters(LETTERS[:1]))
     call(store.close())

@@ -63,7 +63,8 @@ class PostgresStore:
         self._readers: asyncio.Queue[Connection] = asyncio.Queue()
         self._opened: list[Connection] = []
         self.layout = ""
-        """How readings are laid out for time ranges: ``hypertable`` or ``brin``."""
+        """How readings are laid out for time ranges: a ``TimescaleDB hypertable`` or a
+        ``BRIN-indexed table``."""
 
     async def start(self) -> None:
         try:
@@ -78,7 +79,7 @@ class PostgresStore:
         except BaseException:
             await self.close()
             raise
-        log.info("PostgreSQL store %s: readings in a %s table", _redacted(self.url), self.layout)
+        log.info("PostgreSQL store %s: readings in a %s", _redacted(self.url), self.layout)
 
     async def _connect(self) -> Connection:
         con: Connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)

@@ -128,7 +128,7 @@ async def _time_layout(con: Connection) -> str:
     await con.execute(
         "CREATE INDEX IF NOT EXISTS readings_ts ON readings USING brin (ts) WITH (autosummarize = on)"
     )
-    return "BRIN-indexed"
+    return "BRIN-indexed table"
 
 
 async def stored_keys(con: Connection, items: Sequence[tuple[DedupKey, int]]) -> set[DedupKey]:
