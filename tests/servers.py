@@ -272,15 +272,15 @@ def _unprivileged_user() -> str | None:
     if os.geteuid() != 0:
         return None
     name = "fleetstream-pg"
-    known = subprocess.run(["id", "-u", name], capture_output=True, check=False)
-    if known.returncode != 0:
-        # A system user without a home or a login shell, only to own the test cluster's files.
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-            check=True,
-            capture_output=True,
-        )
-    return name
+    if subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode == 0:
+        return name
+    # A system user without a home or a login shell, only to own the test cluster's files; where
+    # useradd is missing, the stock unprivileged user.
+    useradd = shutil.which("useradd", path=os.pathsep.join([os.environ.get("PATH", ""), *_SBIN]))
+    if useradd is None:
+        return "nobody"
+    cmd = [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    return name if subprocess.run(cmd, capture_output=True, check=False).returncode == 0 else "nobody"
 
 
 @dataclass
