@@ -1,5 +1,5 @@
 """Shared fixtures: a real `fleetstream up` process on a free loopback port, and the real servers of
-``tests/servers.py`` (mosquitto), each stopped by PID."""
+``tests/servers.py`` (mosquitto, Tansu, PostgreSQL), each stopped by PID."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .servers import Mosquitto, Tansu
+from .servers import Mosquitto, Postgres, Tansu
 
 FLEETSTREAM = [sys.executable, "-m", "fleetstream"]
 
@@ -178,3 +178,19 @@ def module_tansu() -> Iterator[Tansu]:
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the whole session (initdb takes seconds); see ``postgres_url``."""
+    server = Postgres.launch()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Postgres) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL cluster."""
+    return postgres_server.create_database()

@@ -1,7 +1,7 @@
 """Real servers for the tests, installed from the package registries, started on free loopback ports
 and stopped by PID.
 
-One class per kind of server (mosquitto now; Kafka and PostgreSQL join here), each with ``start``,
+One class per kind of server (mosquitto, Tansu for Kafka, PostgreSQL), each with ``start``,
 ``stop`` and ``close``; fixtures in ``tests/conftest.py`` hand them out. A server that is not
 installed skips its tests, or fails them when ``FLEETSTREAM_REQUIRE_SERVERS=1`` (CI), with the
 install command in the message either way.
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import psycopg
 import pytest
 
 REQUIRE_SERVERS = "FLEETSTREAM_REQUIRE_SERVERS"
@@ -242,3 +243,147 @@ class Tansu:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def postgres_bindir() -> Path:
+    """The directory of ``initdb`` and ``postgres`` (Debian keeps them off PATH; skips or fails when
+    PostgreSQL is not installed)."""
+    candidates: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(Path(out.stdout.strip()))
+    # Newest major version first: /usr/lib/postgresql/15/bin, /usr/lib/postgresql/16/bin, ...
+    found = Path("/usr/lib/postgresql").glob("*/bin")
+    candidates += sorted(
+        found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True
+    )
+    for path in candidates:
+        if (path / "initdb").is_file() and (path / "postgres").is_file():
+            return path
+    msg = f"PostgreSQL (initdb, postgres) is not installed; install it with: {Postgres.INSTALL}"
+    if os.environ.get(REQUIRE_SERVERS) == "1":
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def _unprivileged_user() -> str | None:
+    """The user to run PostgreSQL as: ``None`` (ourselves) unless we are root, which it refuses."""
+    if os.geteuid() != 0:
+        return None
+    name = "fleetstream-pg"
+    if subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode == 0:
+        return name
+    # A system user without a home or a login shell, only to own the test cluster's files; where
+    # useradd is missing, the stock unprivileged user.
+    useradd = shutil.which("useradd", path=os.pathsep.join([os.environ.get("PATH", ""), *_SBIN]))
+    if useradd is None:
+        return "nobody"
+    cmd = [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    return name if subprocess.run(cmd, capture_output=True, check=False).returncode == 0 else "nobody"
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust authentication, user ``postgres``).
+
+    ``fsync=off`` (and no synchronous commit): a crash of the test machine may lose the cluster,
+    which the tests throw away anyway; never a setting for real data. Run as root (CI), the cluster
+    belongs to an unprivileged system user the fixture creates, since PostgreSQL refuses root.
+    """
+
+    port: int
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fleetstream-pg-")))
+    proc: subprocess.Popen[bytes] | None = None
+    user: str | None = None
+    databases: int = 0
+
+    INSTALL = "apt-get install postgresql"
+
+    @classmethod
+    def launch(cls) -> Postgres:
+        """initdb in a temporary directory and start the server (skips or fails when missing)."""
+        server = cls(free_port())
+        server.start()
+        return server
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        bindir = postgres_bindir()
+        self.user = _unprivileged_user()
+        if self.user is not None:
+            shutil.chown(self.workdir, self.user)
+        if not self.data.exists():
+            subprocess.run(
+                [
+                    *(str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"),
+                    *("--encoding=UTF8", "--locale=C", "--no-sync"),
+                ],
+                check=True,
+                capture_output=True,
+                cwd=self.workdir,
+                user=self.user,
+            )
+        settings = ["listen_addresses=127.0.0.1", "fsync=off", "synchronous_commit=off"]
+        settings += ["full_page_writes=off", "max_connections=200"]
+        cmd = [str(bindir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.workdir)]
+        for setting in settings:
+            cmd += ["-c", setting]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                user=self.user,
+            )
+        wait_for_port(self.port, self.proc, "postgres", self.log, timeout=30)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        # The port opens before the cluster accepts sessions (startup recovery): retry a query.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url(), connect_timeout=2) as con:
+                    con.execute("SELECT 1")
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        self.databases += 1
+        name = f"test_{self.databases}"
+        with psycopg.connect(self.url(), autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Stop by PID (SIGTERM: a smart shutdown once sessions end; SIGKILL after the timeout)."""
+        if self.proc is not None:
+            # SIGINT is PostgreSQL's fast shutdown: it ends open sessions instead of waiting for them.
+            if self.proc.poll() is None:
+                self.proc.send_signal(2)
+            stop_process(self.proc)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetstream.adapters.store.duckdb import DuckDBStore
+from fleetstream.adapters.store.postgres import PostgresStore
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
 from fleetstream.ports import DeadLetter, MetricsQuery, SeriesQuery, Store
@@ -31,12 +32,21 @@ def make_duckdb(tmp: Path) -> Store:
     return DuckDBStore(f"duckdb:///{tmp / 'store.duckdb'}")
 
 
-ADAPTERS: dict[str, Callable[[Path], Store]] = {"memory": make_memory, "duckdb": make_duckdb}
+def make_postgres(tmp: Path, request: pytest.FixtureRequest) -> Store:
+    """A store on a fresh database of the session's PostgreSQL cluster (tests/conftest.py)."""
+    return PostgresStore(request.getfixturevalue("postgres_url"))
+
+
+ADAPTERS: dict[str, Callable[[Path, pytest.FixtureRequest], Store]] = {
+    "memory": lambda tmp, _: make_memory(tmp),
+    "duckdb": lambda tmp, _: make_duckdb(tmp),
+    "postgresql": make_postgres,
+}
 
 
 @pytest.fixture(params=list(ADAPTERS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = ADAPTERS[request.param](tmp_path)
+    s = ADAPTERS[request.param](tmp_path, request)
     asyncio.run(s.start())
     yield s
     asyncio.run(s.close())
@@ -331,7 +341,7 @@ def test_series_quantiles_stddev_and_empty(store: Store) -> None:
     assert call(store.query_series(SeriesQuery(200 * S, 300 * S, S, aggs))) == {}
 
 
-def test_both_stores_answer_the_same_series(tmp_path: Path) -> None:
+def test_every_store_answers_the_same_series(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     data = Batch.from_messages(_series_data())
     queries = [
         SeriesQuery(
@@ -350,14 +360,15 @@ def test_both_stores_answer_the_same_series(tmp_path: Path) -> None:
     ]
     answers = []
     for make in ADAPTERS.values():
-        s = make(tmp_path)
+        s = make(tmp_path, request)
         call(s.start())
         call(s.write(data))
         answers.append([call(s.query_series(q)) for q in queries])
         call(s.close())
 
-    memory, duck = answers
-    for a, b in zip(memory, duck, strict=True):
+    memory, *others = answers
+    assert len(others) == len(ADAPTERS) - 1
+    for a, b in ((a, b) for other in others for a, b in zip(memory, other, strict=True)):
         assert list(a) == list(b)
         for sensor in a:
             assert [p["t"] for p in a[sensor]] == [p["t"] for p in b[sensor]]

@@ -17,6 +17,8 @@ BUSES: dict[str, str] = {
 }
 STORES: dict[str, str] = {
     "duckdb": "fleetstream.adapters.store.duckdb:DuckDBStore",
+    "postgresql": "fleetstream.adapters.store.postgres:PostgresStore",
+    "postgres": "fleetstream.adapters.store.postgres:PostgresStore",
 }
 
 
