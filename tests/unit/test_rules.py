@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fleetstream.domain.rules import Condition, RangeRule, RuleEvaluator, RuleTransition
@@ -244,6 +244,12 @@ _STEP = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(steps=st.lists(_STEP, max_size=60), cut=st.integers(0, 60))
+@example(  # two devices' deadlines due at one tick, after a restore that reordered the tracks
+    steps=[("d2", "temp", 60.0, 0), *[("d1", "temp", 60.0, 0)] * 4, ("d1", "temp", 70.0, 0)]
+    + [("d1", "hum", 60.0, 0)] * 3
+    + [("d2", "temp", 70.0, 0), ("tick", "", 0.0, 4)],
+    cut=2,
+)
 def test_opens_and_clears_alternate_per_device_and_rule(
     steps: list[tuple[str, str, float, int]], cut: int
 ) -> None:

@@ -389,6 +389,9 @@ class RuleEvaluator:
         out: list[RuleTransition] = []
         for (device_id, rule_id), track in self._tracks.items():
             self._advance(out, self.rules[rule_id], device_id, track, now_us)
+        # Tracks are kept in arrival order, which a restore does not preserve: sort so the output
+        # depends on the event times only (stable: one track's transitions keep their order).
+        out.sort(key=lambda t: (t.ts, t.device_id, t.rule_id))
         return out
 
     def active(self) -> dict[tuple[str, str], str]:
