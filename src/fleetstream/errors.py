@@ -9,7 +9,8 @@
      │    ├── MalformedBody     not JSON / NDJSON              (400)
      │    ├── UnsupportedMediaType                             (415)
      │    ├── PayloadTooLarge   body or batch over the limit   (413)
-     │    └── NotFound                                         (404)
+     │    ├── NotFound                                         (404)
+     │    └── PreconditionFailed  an If-Match that no longer holds (412)
      ├── Overloaded(retry_after) a full queue: try later       (503 + Retry-After)
      ├── BusUnavailable         the log cannot take data now   (503)
      ├── StoreError             the store failed               (503)
@@ -75,6 +76,12 @@ class NotFound(InvalidInput):
     """No such resource."""
 
     code = "not_found"
+
+
+class PreconditionFailed(InvalidInput):
+    """An ``If-Match`` version that is not the current one: read again, then retry."""
+
+    code = "precondition_failed"
 
 
 class Overloaded(FleetstreamError):

@@ -13,6 +13,7 @@ from fleetstream import __version__
 from fleetstream.api import errors
 from fleetstream.api.fastlane import IngestFastLane
 from fleetstream.api.routes import deadletters, devices, devicetypes, ingest, live, ops, query, windows
+from fleetstream.api.routes import shadow as shadow_routes
 from fleetstream.api.routes import simulator as simulator_routes
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock
@@ -72,6 +73,7 @@ def create_app(
     for module in (ingest, deadletters, query, windows, devices, devicetypes, live, ops):
         app.include_router(module.router)
     app.include_router(simulator_routes.router)
+    app.include_router(shadow_routes.router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -18,6 +18,7 @@ from fleetstream.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    PreconditionFailed,
     StoreError,
     UnsupportedMediaType,
 )
@@ -30,6 +31,7 @@ STATUS: list[tuple[type[FleetstreamError], int]] = [
     (UnsupportedMediaType, 415),
     (PayloadTooLarge, 413),
     (NotFound, 404),
+    (PreconditionFailed, 412),
     (Overloaded, 503),
     (BusUnavailable, 503),
     (StoreError, 503),

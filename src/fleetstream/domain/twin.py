@@ -56,6 +56,7 @@ from fleetstream.domain.events import (
     OFFLINE,
     ONLINE,
     REGISTERED,
+    SHADOW_EVENTS,
     STARTUP,
     STATUS_CHANGED,
     TYPE_CHANGED,
@@ -63,6 +64,16 @@ from fleetstream.domain.events import (
     DeviceTwin,
 )
 from fleetstream.domain.records import DeviceMessage
+from fleetstream.domain.shadow import (
+    DESIRED,
+    SECTIONS,
+    VersionMismatch,
+    check_document,
+    check_patch,
+    copy_json,
+    merge,
+    same,
+)
 
 __all__ = ["DeviceEvent", "DeviceTwin", "TwinProcessor", "TwinSettings"]
 
@@ -211,6 +222,39 @@ class TwinProcessor:
     def __len__(self) -> int:
         """Twins in memory."""
         return len(self._twins)
+
+    def update_shadow(
+        self, device_id: str, section: str, patch: object, now_us: int, if_match: int | None = None
+    ) -> DeviceEvent | None:
+        """Merge-patch the ``desired`` or ``reported`` document of a resident twin at wall time ``now_us``.
+
+        Returns the ``desired_changed`` / ``reported_changed`` event (already applied), or ``None``
+        when the patch leaves the document as it is (nothing is recorded).
+
+        Raises:
+            ShadowError: The patch is not an object, or it or the result is over the limits.
+            VersionMismatch: ``if_match`` is not the section's current version.
+            KeyError: The twin is not in memory (load it first).
+        """
+        if section not in SECTIONS:
+            msg = f"no shadow section {section!r}"
+            raise ValueError(msg)
+        twin = self._twins[device_id]
+        checked = check_patch(patch)
+        current = twin.desired_version if section == DESIRED else twin.reported_version
+        if if_match is not None and if_match != current:
+            raise VersionMismatch(if_match, current)
+        document = twin.desired if section == DESIRED else twin.reported
+        merged = merge(document, checked)
+        if same(merged, document):
+            return None
+        check_document(merged)
+        kind = next(k for k, v in SHADOW_EVENTS.items() if v == section)
+        out: list[DeviceEvent] = []
+        self._emit(
+            out, twin, kind, now_us, {"patch": copy_json(checked), "version": current + 1}, twin.position
+        )
+        return out[0]
 
     @property
     def partition_time(self) -> int | None:

@@ -15,6 +15,11 @@ What the processors emit is stored by a flusher every ``flush_interval_s``; ever
 ``checkpoint_interval_s`` it also stores their state with the log position it
 reflects. On start the engine restores that checkpoint and replays the log after
 it before taking new traffic, so a crash loses no processor state (docs/stream.md).
+
+Device shadow updates (:meth:`Engine.update_shadow`) change twins outside the log:
+they run between batches (a lock the batch processing also takes) and return once
+a checkpoint holding them is stored, so a restart neither replays them away nor
+loses them (updates that arrive together share one checkpoint).
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
 from fleetstream.domain.dedup import Deduplicator
 from fleetstream.domain.records import DedupKey
+from fleetstream.domain.shadow import ShadowError, VersionMismatch
 from fleetstream.domain.stats import LiveStats, RateMeter
-from fleetstream.domain.twin import DeviceEvent
+from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.processors import StreamProcessors
-from fleetstream.errors import FleetstreamError, StoreError
+from fleetstream.errors import FleetstreamError, InvalidReading, NotFound, PreconditionFailed, StoreError
 from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Checkpoint, Derived, Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,10 @@ class Engine:
         self._seq = 0
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
+        self._twin_lock = asyncio.Lock()  # batches and shadow updates change twins one at a time
+        self._flush_lock = asyncio.Lock()
+        self._shadow_next: asyncio.Future[None] | None = None  # the checkpoint the next updates wait for
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Restore the log position and the dedup memory from the store, then start consuming."""
@@ -198,8 +208,72 @@ class Engine:
         silent devices change status (tests drive it with a manual clock)."""
         self._take(self.processors.on_timer(self.clock.now_us()), live=True)
 
+    async def update_shadow(
+        self, device_id: str, section: str, patch: object, if_match: int | None = None
+    ) -> tuple[DeviceTwin, DeviceEvent | None]:
+        """Merge-patch a device's ``desired`` or ``reported`` document; durable when it returns.
+
+        Returns the twin and the event recorded (``None`` when the patch changed nothing).
+
+        Raises:
+            NotFound: The device has not sent anything yet.
+            InvalidReading: The patch is not an object or is over the limits (see domain/shadow.py).
+            PreconditionFailed: ``if_match`` is not the document's current version.
+            StoreError: The checkpoint holding the change could not be stored.
+        """
+        twins = self.processors.twins
+        async with self._twin_lock:
+            twin = twins.get(device_id)
+            if twin is None and twins.missing([device_id]):
+                twins.load(await self.store.load_twins([device_id]))
+                twin = twins.get(device_id)
+            if twin is None:
+                msg = f"no device {device_id!r} has sent anything yet"
+                raise NotFound(msg)
+            try:
+                event = twins.update_shadow(device_id, section, patch, self.clock.now_us(), if_match)
+            except ShadowError as exc:
+                msg = f"{section}: {exc}"
+                raise InvalidReading(msg) from exc
+            except VersionMismatch as exc:
+                msg = f"If-Match: {exc}"
+                raise PreconditionFailed(
+                    msg, details={"version": exc.current, "expected": exc.expected}
+                ) from exc
+            if event is not None:
+                self._pending.events.append(event)
+        if event is not None:
+            await self._shadow_checkpoint()
+            self.events.publish([event])
+        return twin, event
+
+    async def _shadow_checkpoint(self) -> None:
+        """Wait for a checkpoint taken after now (one for all the updates made meanwhile)."""
+        waiter = self._shadow_next
+        if waiter is None:
+            waiter = self._shadow_next = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._checkpoint_for(waiter))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+        await asyncio.shield(waiter)
+
+    async def _checkpoint_for(self, waiter: asyncio.Future[None]) -> None:
+        async with self._flush_lock:
+            self._shadow_next = None  # updates from here on need the next checkpoint
+            try:
+                await self._flush_locked(checkpoint=True)
+            except Exception as exc:
+                log.exception("storing a checkpoint with device shadow changes failed")
+                waiter.set_exception(StoreError(f"storing the shadow change failed: {exc}"))
+            else:
+                waiter.set_result(None)
+
     async def _flush(self, *, checkpoint: bool) -> None:
         """Store what the processors emitted (and, with ``checkpoint``, their state) in one transaction."""
+        async with self._flush_lock:
+            await self._flush_locked(checkpoint=checkpoint)
+
+    async def _flush_locked(self, *, checkpoint: bool) -> None:
         pending, self._pending = self._pending, Derived()
         saved = None
         began = time.perf_counter()
@@ -339,10 +413,11 @@ class Engine:
 
     async def _process(self, batch: Batch, *, live: bool) -> None:
         """Feed a durable batch to the processors (loading evicted twins first) and keep their output."""
-        missing = self.processors.missing(batch)
-        if missing:
-            self.processors.load(await self.store.load_twins(missing))
-        self._take(self.processors.on_batch(batch, self.clock.now_us()), live=live)
+        async with self._twin_lock:
+            missing = self.processors.missing(batch)
+            if missing:
+                self.processors.load(await self.store.load_twins(missing))
+            self._take(self.processors.on_batch(batch, self.clock.now_us()), live=live)
 
     def _take(self, derived: Derived, *, live: bool) -> None:
         self._pending.extend(derived)
