@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import doctest
 import re
 from typing import Any
 
 import pytest
 
+from fleetstream.adapters import mqtt_shadow
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.events import DESIRED_CHANGED, REPORTED_CHANGED, DeviceEvent, DeviceTwin
 from fleetstream.domain.records import DeviceMessage, Reading
@@ -23,6 +25,7 @@ from fleetstream.domain.shadow import (
 )
 from fleetstream.domain.twin import TwinProcessor, TwinSettings
 from fleetstream.errors import InvalidReading, NotFound, PreconditionFailed
+from fleetstream.simulator import shadow as sim_shadow
 from fleetstream.testing import Harness
 
 # -- merge patch (the examples of RFC 7396, appendix A) ----------------------------------------------
@@ -169,11 +172,33 @@ def test_the_shadow_survives_a_snapshot_and_its_events_replay_to_it() -> None:
     assert (full.desired, full.reported, full.desired_version) == (twin.desired, twin.reported, 2)
 
 
-def test_a_twin_stored_before_the_shadow_existed_reads_back_with_an_empty_one() -> None:
+def test_a_twin_without_a_shadow_stores_none_and_reads_back_with_an_empty_one() -> None:
     state = DeviceTwin("old").to_state()
-    del state["shadow"]
+    assert "shadow" not in state  # as twins stored before the shadow existed
     twin = DeviceTwin.from_state(state)
     assert (twin.desired, twin.reported, twin.desired_version) == ({}, {}, 0)
+    assert twin.to_state() == state
+
+
+def test_twins_share_the_empty_documents_until_patched() -> None:
+    a, b = DeviceTwin("a"), DeviceTwin("b")
+    assert a.desired is b.desired
+    assert a.reported_meta is b.reported_meta
+    a.patch_shadow("desired", {"x": 1}, 5, 1)
+    assert (a.desired, b.desired, b.desired_meta) == ({"x": 1}, {}, {})
+
+
+def test_doctests_of_the_shadow_adapters() -> None:
+    for module in (mqtt_shadow, sim_shadow):
+        failed, attempted = doctest.testmod(module)
+        assert (failed, attempted > 0) == (0, True), module.__name__
+
+
+def test_reporting_topics() -> None:
+    assert mqtt_shadow.reporting_device("devices/a:b@c/reported") == "a:b@c"
+    for topic in ("devices//reported", "devices/a/b/reported", "other/a/reported", "devices/a/desired"):
+        assert mqtt_shadow.reporting_device(topic) is None
+    assert mqtt_shadow.desired_topic("t-1") == "devices/t-1/desired"
 
 
 # -- the engine: one writer, durable before it answers -----------------------------------------------
