@@ -61,3 +61,28 @@ def test_a_simulated_device_applies_interval_s_and_reports_it(start: Callable[..
     srv.call("PATCH", f"/api/v1/devices/{device}/desired", {"interval_s": None})
     wait_for(lambda: _twin(srv, device)["shadow"]["reported"] == {"interval_s": 0.5})
     assert 1.0 <= _rate(srv, device) <= 3.0
+
+
+def test_a_restarted_fleet_applies_the_desired_interval_its_twins_hold(
+    start: Callable[..., ServerProcess],
+) -> None:
+    args = ("--simulator", "--devices", "5", "--rate", "2", "--seed", "7")
+    srv = start(*args)
+    wait_for(lambda: srv.call("GET", "/api/v1/devices/barometer-0001")[0] == 200)
+    status, body = srv.call("PATCH", "/api/v1/devices/barometer-0001/desired", {"interval_s": 0.25})
+    assert status == 200, body
+    wait_for(lambda: _twin(srv, "barometer-0001")["shadow"]["reported"] == {"interval_s": 0.25})
+    srv.stop()
+
+    again = start(*args, data=srv.data)
+    wait_for(lambda: again.call("GET", "/api/v1/simulator/devices?kind=barometer")[0] == 200)
+
+    def rate() -> float:
+        devices = again.call("GET", "/api/v1/simulator/devices?kind=barometer")[1]["devices"]
+        found: float = devices[0]["rate"]
+        return found
+
+    assert wait_for(lambda: rate() == 4.0, timeout=5)
+    shadow = _twin(again, "barometer-0001")["shadow"]
+    assert (shadow["delta"], shadow["reported_version"]) == ({}, 1)  # nothing new to report
+    assert 3.0 <= _rate(again, "barometer-0001") <= 5.0

@@ -12,7 +12,8 @@ events of its devices. Keys it understands:
 Once applied the device reports ``reported.interval_s`` (the value it now uses),
 so the key leaves ``delta``; a value it cannot use leaves ``reported`` alone and
 stays in ``delta``. Other keys are ignored (they stay in ``delta``). On start it
-applies the desired state its twins already hold (after a restart).
+applies the desired intervals its twins already hold (after a restart), and
+does so again if a burst of changes outran it (its event queue skipped some).
 """
 
 from __future__ import annotations
@@ -66,9 +67,7 @@ class ShadowAgent:
         """Apply the desired state already held, then follow changes."""
         active = self.simulator.fleet.active
         sub = self.engine.events.subscribe(lambda e: e.type == DESIRED_CHANGED and e.device_id in active)
-        for twin in list(self.engine.processors.twins.twins()):
-            if twin.device_id in active and INTERVAL in twin.desired:
-                await self._apply(twin.device_id, twin.desired)
+        await self._resync()
         self._task = asyncio.create_task(self._follow(sub), name="fleetstream-sim-shadow")
 
     async def stop(self) -> None:
@@ -78,12 +77,27 @@ class ShadowAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def _resync(self) -> None:
+        """Apply every desired interval the twins hold (at start, and after missing events).
+
+        A restarted fleet sends at its own rate whatever its twins report, so each is applied
+        again; reporting what is already reported records nothing.
+        """
+        active = self.simulator.fleet.active
+        for twin in list(self.engine.processors.twins.twins()):
+            if twin.device_id in active and INTERVAL in twin.desired:
+                await self._apply(twin.device_id, twin.desired)
+
     async def _follow(self, sub: Any) -> None:
+        missed = 0
         try:
             while True:
                 event: DeviceEvent | None = await sub.get()
                 if event is None:
                     return
+                if sub.skipped > missed:  # a burst outran us: look at every twin instead
+                    missed = sub.skipped
+                    await self._resync()
                 if INTERVAL not in event.payload["patch"]:
                     continue
                 twin = self.engine.processors.twins.get(event.device_id)
