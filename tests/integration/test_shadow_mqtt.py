@@ -101,3 +101,22 @@ def test_desired_is_published_retained_and_reported_comes_back(
     finally:
         pub.close()
     wait_for(lambda: srv.call("GET", f"/api/v1/devices/{dev}")[1]["readings"] == 2)
+
+
+def test_desired_is_published_again_after_the_broker_forgot_it(
+    launch_mosquitto: Callable[..., Mosquitto],
+    start: Callable[..., ServerProcess],
+    watchers: Callable[[int, str], Watcher],
+    dev: str,
+) -> None:
+    broker = launch_mosquitto(persistent=False)  # a restart loses every retained message
+    srv = start("--mqtt", broker.url)
+    srv.call("POST", "/api/v1/telemetry?wait=true", [reading(dev, 0, 20.0)])
+    wait_for(lambda: srv.call("GET", f"/api/v1/devices/{dev}")[0] == 200)
+    assert srv.call("PATCH", f"/api/v1/devices/{dev}/desired", {"interval_s": 30})[0] == 200
+    assert watchers(broker.port, f"devices/{dev}/desired").next()[1]["version"] == 1
+
+    broker.restart()
+    late = watchers(broker.port, f"devices/{dev}/desired")
+    _, message = late.next(timeout=20)  # once fleetstream has reconnected
+    assert message == {"device_id": dev, "version": 1, "desired": {"interval_s": 30}}
