@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -72,7 +73,9 @@ class MqttShadow:
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._work: asyncio.Queue[tuple[int, str, bytes] | None] = asyncio.Queue()
+        self._work: asyncio.Queue[tuple[int, int, str, bytes] | None] = asyncio.Queue()
+        self._connection = 0  # bumped on every connect and disconnect: a PUBACK is only valid on its own
+        self._lock = threading.Lock()
         self._worker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -90,6 +93,7 @@ class MqttShadow:
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
         self._client = client
         sub = self.engine.events.subscribe(lambda e: e.type == DESIRED_CHANGED)
         self._task = asyncio.create_task(self._follow(sub), name="fleetstream-mqtt-desired")
@@ -98,7 +102,7 @@ class MqttShadow:
         client.loop_start()
 
     async def stop(self) -> None:
-        """Stop following, finish the report in hand, disconnect."""
+        """Stop and disconnect (a report not acknowledged yet comes again; patches are idempotent)."""
         self._work.put_nowait(None)
         for task in (self._task, self._worker):
             if task is not None:
@@ -142,7 +146,7 @@ class MqttShadow:
             item = await self._work.get()
             if item is None:
                 return
-            mid, device, payload = item
+            connection, mid, device, payload = item
             try:
                 patch = _decode(payload)
                 await self.engine.update_shadow(device, REPORTED, patch)
@@ -151,8 +155,9 @@ class MqttShadow:
                 self.refused_total += 1
                 text = exc.message if isinstance(exc, FleetstreamError) else f"not JSON: {exc}"
                 log.warning("MQTT: reported state of %s refused: %s", device, text)
-            if self._client is not None and mid:
-                self._client.ack(mid, 1)
+            with self._lock:  # a message of a lost connection comes again: leave it
+                if self._client is not None and mid and connection == self._connection:
+                    self._client.ack(mid, 1)
 
     # -- paho's thread ---------------------------------------------------------------------------
 
@@ -165,8 +170,14 @@ class MqttShadow:
         if reason.is_failure:
             log.warning("MQTT shadow: the broker refused the connection: %s", reason)
             return
+        with self._lock:
+            self._connection += 1
         client.subscribe(REPORTED_FILTER, qos=1)
         self._call(self._republish)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        with self._lock:
+            self._connection += 1
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         device = reporting_device(message.topic)
@@ -174,4 +185,5 @@ class MqttShadow:
             if message.qos:
                 client.ack(message.mid, message.qos)
             return
-        self._call(self._work.put_nowait, (message.mid if message.qos else 0, device, bytes(message.payload)))
+        item = (self._connection, message.mid if message.qos else 0, device, bytes(message.payload))
+        self._call(self._work.put_nowait, item)
