@@ -24,6 +24,7 @@ from fleetstream.domain.shadow import (
     pick,
 )
 from fleetstream.domain.twin import TwinProcessor, TwinSettings
+from fleetstream.engine import signals
 from fleetstream.errors import InvalidReading, NotFound, PreconditionFailed
 from fleetstream.simulator import shadow as sim_shadow
 from fleetstream.testing import Harness
@@ -189,7 +190,7 @@ def test_twins_share_the_empty_documents_until_patched() -> None:
 
 
 def test_doctests_of_the_shadow_adapters() -> None:
-    for module in (mqtt_shadow, sim_shadow):
+    for module in (mqtt_shadow, sim_shadow, signals):
         failed, attempted = doctest.testmod(module)
         assert (failed, attempted > 0) == (0, True), module.__name__
 
@@ -248,6 +249,25 @@ def test_engine_updates_are_checkpointed_and_survive_a_crash() -> None:
             _, event = await h2.runtime.engine.update_shadow("a", "desired", {"interval_s": 7}, if_match=1)
             assert event is not None
             assert event.payload["version"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_desired_change_wakes_only_the_waiters_of_its_device() -> None:
+    async def scenario() -> None:
+        async with Harness() as h:
+            await h.post([_reading(d, 0) for d in ("a", "b")])
+            engine = h.runtime.engine
+            a = [engine.desired_changed.register("a") for _ in range(3)]
+            b = engine.desired_changed.register("b")
+            await engine.update_shadow("a", "reported", {"x": 1})  # reported: no one is woken
+            assert not any(f.done() for f in [*a, b])
+            await engine.update_shadow("a", "desired", {"x": 1})
+            assert all(f.done() for f in a)
+            assert not b.done()
+            assert engine.desired_changed.waiting("a") == 0
+            engine.desired_changed.discard("b", b)
+            assert engine.desired_changed.waiting("b") == 0
 
     asyncio.run(scenario())
 

@@ -36,6 +36,7 @@ from fleetstream.config import EngineSettings, StreamSettings
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
 from fleetstream.domain.dedup import Deduplicator
+from fleetstream.domain.events import DESIRED_CHANGED
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.shadow import ShadowError, VersionMismatch
 from fleetstream.domain.stats import LiveStats, RateMeter
@@ -43,6 +44,7 @@ from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.processors import StreamProcessors
+from fleetstream.engine.signals import KeyedSignal
 from fleetstream.errors import FleetstreamError, InvalidReading, NotFound, PreconditionFailed, StoreError
 from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Checkpoint, Derived, Store
 
@@ -90,6 +92,7 @@ class Engine:
         self._flush_lock = asyncio.Lock()
         self._shadow_next: asyncio.Future[None] | None = None  # the checkpoint the next updates wait for
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.desired_changed = KeyedSignal()  # device id → long-polls waiting for its desired state
 
     async def start(self) -> None:
         """Restore the log position and the dedup memory from the store, then start consuming."""
@@ -245,6 +248,8 @@ class Engine:
         if event is not None:
             await self._shadow_checkpoint()
             self.events.publish([event])
+            if event.type == DESIRED_CHANGED:
+                self.desired_changed.notify(device_id)
         return twin, event
 
     async def _shadow_checkpoint(self) -> None:

@@ -145,7 +145,8 @@ async def get_desired(
     `version=N`, answers 200 as soon as the desired version is above N, or 304 (no body) after
     `wait` seconds without a change. `If-None-Match` with the ETag answers 304 at once."""
     checked_id(device_id)
-    sub = _desired_events(engine, device_id)  # before reading: a change in between still wakes us
+    signal = engine.desired_changed
+    waiter = signal.register(device_id)  # before reading: a change in between still wakes us
     try:
         twin = await current_twin(engine, store, device_id)
         deadline = time.monotonic() + wait
@@ -154,12 +155,14 @@ async def get_desired(
             if left <= 0:
                 return Response(status_code=304, headers={"ETag": _etag(twin.desired_version)})
             try:
-                await asyncio.wait_for(sub.get(), left)
+                await asyncio.wait_for(asyncio.shield(waiter), left)
             except TimeoutError:
                 continue
+            signal.discard(device_id, waiter)
+            waiter = signal.register(device_id)
             twin = await current_twin(engine, store, device_id)
     finally:
-        sub.close()
+        signal.discard(device_id, waiter)
     etag = _etag(twin.desired_version)
     if version is None and request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
