@@ -214,7 +214,17 @@ def _reading(device: str, second: int) -> dict[str, Any]:
     }
 
 
-def test_engine_updates_are_checkpointed_and_survive_a_crash() -> None:
+def _crashed_copy(h: Harness) -> Harness:
+    """A new process on what ``h``'s store holds now (``h`` never stops cleanly before it)."""
+    h2 = Harness()
+    h2.store.messages = list(h.store.messages)
+    h2.store.twins = {k: DeviceTwin.from_state(v.to_state()) for k, v in h.store.twins.items()}
+    h2.store.events = dict(h.store.events)
+    h2.store.saved = h.store.saved
+    return h2
+
+
+def test_engine_updates_are_durable_and_survive_a_crash() -> None:
     async def scenario() -> None:
         h = Harness()
         await h.runtime.start()
@@ -222,33 +232,46 @@ def test_engine_updates_are_checkpointed_and_survive_a_crash() -> None:
         await h.post([_reading("a", 0)])
         with pytest.raises(NotFound):
             await engine.update_shadow("nobody", "desired", {"x": 1})
+        # "a" is new since the last checkpoint: a replay would register it afresh, so a checkpoint
+        assert h.store.saved is None
         twin, event = await engine.update_shadow("a", "desired", {"interval_s": 5})
         assert event is not None
         assert (twin.desired, h.store.events[("a", event.seq)].type) == ({"interval_s": 5}, DESIRED_CHANGED)
-        saved = h.store.saved
-        assert saved is not None
-        assert h.store.twins["a"].desired == {"interval_s": 5}  # stored beside the checkpoint
+        first = h.store.saved
+        assert first is not None
+        assert h.store.twins["a"].desired == {"interval_s": 5}
         with pytest.raises(PreconditionFailed) as caught:
             await engine.update_shadow("a", "desired", {"interval_s": 6}, if_match=0)
         assert caught.value.details == {"version": 1, "expected": 0}
         with pytest.raises(InvalidReading, match="desired: a shadow update must be a JSON object"):
             await engine.update_shadow("a", "desired", 5)
         await h.post([_reading("a", 1)])  # telemetry after the change replays on top of it
+        # "a" is known to the checkpoint now: the twin is stored, no checkpoint is taken
+        _, event = await engine.update_shadow("a", "reported", {"interval_s": 5})
+        assert event is not None
+        assert h.store.saved is first
+        assert h.store.twins["a"].reported == {"interval_s": 5}
+        assert ("a", event.seq) in h.store.events
+        await h.post([_reading("a", 2), _reading("b", 2)])
 
-        # a crash: a new process on what the store holds, the first one never stopped cleanly
-        h2 = Harness()
-        h2.store.messages = list(h.store.messages)
-        h2.store.twins = {k: DeviceTwin.from_state(v.to_state()) for k, v in h.store.twins.items()}
-        h2.store.events = dict(h.store.events)
-        h2.store.saved = saved
+        h2 = _crashed_copy(h)
         await h.runtime.stop()
         async with h2:
             after = h2.runtime.engine.processors.twins.get("a")
             assert after is not None
-            assert (after.desired, after.desired_version, after.readings) == ({"interval_s": 5}, 1, 2)
+            assert (after.desired, after.reported, after.readings) == (
+                {"interval_s": 5},
+                {"interval_s": 5},
+                3,
+            )
+            assert (after.desired_version, after.reported_version) == (1, 1)
+            replayed_b = h2.runtime.engine.processors.twins.get("b")
+            assert replayed_b is not None
+            assert replayed_b.readings == 1
+            version = after.version
             _, event = await h2.runtime.engine.update_shadow("a", "desired", {"interval_s": 7}, if_match=1)
             assert event is not None
-            assert event.payload["version"] == 2
+            assert (event.payload["version"], event.seq) == (2, version + 1)
 
     asyncio.run(scenario())
 

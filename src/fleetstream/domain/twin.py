@@ -139,6 +139,7 @@ class TwinProcessor:
         self._pt: int | None = None
         self._position = 0  # log position of the last record processed
         self._heard_at: int | None = None  # wall time a record last arrived
+        self._registered: set[str] = set()  # devices first seen since the last take_registered()
 
     # -- the stream --------------------------------------------------------------------------
 
@@ -210,6 +211,19 @@ class TwinProcessor:
         changed = [twins[d] for d in sorted(self._dirty) if d in twins]
         self._dirty.clear()
         return changed
+
+    def take_registered(self) -> set[str]:
+        """Devices first seen since the last call (a checkpoint taken now knows all the others)."""
+        taken, self._registered = self._registered, set()
+        return taken
+
+    def put_back_registered(self, device_ids: Iterable[str]) -> None:
+        """Undo :meth:`take_registered` (the checkpoint it was for was not stored)."""
+        self._registered.update(device_ids)
+
+    def registered_since(self, device_id: str) -> bool:
+        """Whether the device was first seen since the last :meth:`take_registered`."""
+        return device_id in self._registered
 
     def get(self, device_id: str) -> DeviceTwin | None:
         """The twin of a device, if it is in memory."""
@@ -499,6 +513,7 @@ class TwinProcessor:
             msg = f"the twin of {device!r} is stored: load it (see missing()) before its next record"
             raise ValueError(msg)
         twin = self._twins[device] = DeviceTwin(device)
+        self._registered.add(device)
         self._emit(out, twin, REGISTERED, ts, {"device_type": device_type}, at)
         return twin
 

@@ -18,8 +18,12 @@ it before taking new traffic, so a crash loses no processor state (docs/stream.m
 
 Device shadow updates (:meth:`Engine.update_shadow`) change twins outside the log:
 they run between batches (a lock the batch processing also takes) and return once
-a checkpoint holding them is stored, so a restart neither replays them away nor
-loses them (updates that arrive together share one checkpoint).
+the twin is stored with the device events emitted so far, so a restart neither
+replays them away nor loses them: a replay starts from a stored twin and skips
+what its position says it holds. A device first seen since the last checkpoint
+has no stored twin a restart would start from (the replay would register it
+afresh), so its update waits for a checkpoint instead. Updates that arrive
+together share one write.
 """
 
 from __future__ import annotations
@@ -90,7 +94,9 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._twin_lock = asyncio.Lock()  # batches and shadow updates change twins one at a time
         self._flush_lock = asyncio.Lock()
-        self._shadow_next: asyncio.Future[None] | None = None  # the checkpoint the next updates wait for
+        self._shadow_next: asyncio.Future[None] | None = None  # the write the next updates wait for
+        self._shadow_twins: list[DeviceTwin] = []  # twins that write stores
+        self._shadow_checkpoint_due = False  # one of them is new since the last checkpoint
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.desired_changed = KeyedSignal()  # device id → long-polls waiting for its desired state
 
@@ -222,7 +228,7 @@ class Engine:
             NotFound: The device has not sent anything yet.
             InvalidReading: The patch is not an object or is over the limits (see domain/shadow.py).
             PreconditionFailed: ``if_match`` is not the document's current version.
-            StoreError: The checkpoint holding the change could not be stored.
+            StoreError: The change could not be stored (it stays in memory and is stored later).
         """
         twins = self.processors.twins
         async with self._twin_lock:
@@ -245,30 +251,36 @@ class Engine:
                 ) from exc
             if event is not None:
                 self._pending.events.append(event)
+                self._shadow_twins.append(twin)
+                if twins.registered_since(device_id):
+                    self._shadow_checkpoint_due = True
         if event is not None:
-            await self._shadow_checkpoint()
+            await self._shadow_write()
             self.events.publish([event])
             if event.type == DESIRED_CHANGED:
                 self.desired_changed.notify(device_id)
         return twin, event
 
-    async def _shadow_checkpoint(self) -> None:
-        """Wait for a checkpoint taken after now (one for all the updates made meanwhile)."""
+    async def _shadow_write(self) -> None:
+        """Wait for a write that starts after now (one for all the updates made meanwhile)."""
         waiter = self._shadow_next
         if waiter is None:
             waiter = self._shadow_next = asyncio.get_running_loop().create_future()
-            task = asyncio.create_task(self._checkpoint_for(waiter))
+            task = asyncio.create_task(self._shadow_write_for(waiter))
             self._shadow_tasks.add(task)
             task.add_done_callback(self._shadow_tasks.discard)
         await asyncio.shield(waiter)
 
-    async def _checkpoint_for(self, waiter: asyncio.Future[None]) -> None:
+    async def _shadow_write_for(self, waiter: asyncio.Future[None]) -> None:
         async with self._flush_lock:
-            self._shadow_next = None  # updates from here on need the next checkpoint
+            self._shadow_next = None  # updates from here on need the next write
+            twins, self._shadow_twins = self._shadow_twins, []
+            checkpoint, self._shadow_checkpoint_due = self._shadow_checkpoint_due, False
             try:
-                await self._flush_locked(checkpoint=True)
+                await self._flush_locked(checkpoint=checkpoint, twins=twins)
             except Exception as exc:
-                log.exception("storing a checkpoint with device shadow changes failed")
+                log.exception("storing device shadow changes failed")
+                self.processors.twins.mark_dirty(t.device_id for t in twins)
                 waiter.set_exception(StoreError(f"storing the shadow change failed: {exc}"))
             else:
                 waiter.set_result(None)
@@ -278,13 +290,17 @@ class Engine:
         async with self._flush_lock:
             await self._flush_locked(checkpoint=checkpoint)
 
-    async def _flush_locked(self, *, checkpoint: bool) -> None:
+    async def _flush_locked(self, *, checkpoint: bool, twins: Sequence[DeviceTwin] = ()) -> None:
         pending, self._pending = self._pending, Derived()
         saved = None
+        registered: set[str] = set()
         began = time.perf_counter()
         if checkpoint:
             pending.twins += self.processors.take_dirty()
+            registered = self.processors.twins.take_registered()  # the checkpoint knows them now
             saved = Checkpoint(self.processors.position, self.processors.snapshot(), self.clock.now_us())
+        else:
+            pending.twins += twins
         if not pending and saved is None:
             return
         try:
@@ -292,6 +308,7 @@ class Engine:
         except Exception:
             pending.extend(self._pending)  # keep it for the next try, in order
             self._pending = pending
+            self.processors.twins.put_back_registered(registered)
             raise
         if checkpoint:
             self._last_checkpoint = self.clock.monotonic()
