@@ -34,6 +34,12 @@ _PATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     412: {"description": "If-Match is not the document's current version."},
     422: {"description": "Not a JSON object, or over the limits (depth 8, 8 KiB, keys of 1-128 characters)."},
 }
+_PATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {media: {"schema": {"type": "object", "example": {"interval_s": 5}}} for media in _MEDIA},
+    }
+}
 DeviceId = Annotated[str, Path(description=f"the device; {DEVICE_ID_RULE}")]
 IfMatch = Annotated[
     str | None, Header(description='the version this update is based on: `3`, `"3"` (the ETag) or `*`')
@@ -87,6 +93,7 @@ async def _patch(
     "/api/v1/devices/{device_id}/desired",
     summary="Change a device's desired state (JSON merge patch; If-Match for optimistic locking)",
     responses=_PATCH_RESPONSES,
+    openapi_extra=_PATCH_BODY,
 )
 async def patch_desired(
     request: Request, engine: EngineDep, device_id: DeviceId, if_match: IfMatch = None
@@ -102,6 +109,7 @@ async def patch_desired(
     "/api/v1/devices/{device_id}/reported",
     summary="A device reports its state (JSON merge patch, as for desired)",
     responses=_PATCH_RESPONSES,
+    openapi_extra=_PATCH_BODY,
 )
 async def patch_reported(
     request: Request, engine: EngineDep, device_id: DeviceId, if_match: IfMatch = None
