@@ -16,14 +16,7 @@ What the processors emit is stored by a flusher every ``flush_interval_s``; ever
 reflects. On start the engine restores that checkpoint and replays the log after
 it before taking new traffic, so a crash loses no processor state (docs/stream.md).
 
-Device shadow updates (:meth:`Engine.update_shadow`) change twins outside the log:
-they run between batches (a lock the batch processing also takes) and return once
-the twin is stored with the device events emitted so far, so a restart neither
-replays them away nor loses them: a replay starts from a stored twin and skips
-what its position says it holds. A device first seen since the last checkpoint
-has no stored twin a restart would start from (the replay would register it
-afresh), so its update waits for a checkpoint instead. Updates that arrive
-together share one write.
+Device shadow updates run between batches too (:mod:`fleetstream.engine.shadow`).
 """
 
 from __future__ import annotations
@@ -40,16 +33,14 @@ from fleetstream.config import EngineSettings, StreamSettings
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
 from fleetstream.domain.dedup import Deduplicator
-from fleetstream.domain.events import DESIRED_CHANGED
 from fleetstream.domain.records import DedupKey
-from fleetstream.domain.shadow import ShadowError, VersionMismatch
 from fleetstream.domain.stats import LiveStats, RateMeter
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.processors import StreamProcessors
-from fleetstream.engine.signals import KeyedSignal
-from fleetstream.errors import FleetstreamError, InvalidReading, NotFound, PreconditionFailed, StoreError
+from fleetstream.engine.shadow import ShadowUpdates
+from fleetstream.errors import FleetstreamError, StoreError
 from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Checkpoint, Derived, Store
 
 log = logging.getLogger(__name__)
@@ -57,7 +48,7 @@ log = logging.getLogger(__name__)
 ENGINE_GROUP = "fleetstream-engine"
 
 
-class Engine:
+class Engine(ShadowUpdates):
     """Runs the processors of one process over the bus; see the module docstring."""
 
     def __init__(
@@ -94,11 +85,7 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._twin_lock = asyncio.Lock()  # batches and shadow updates change twins one at a time
         self._flush_lock = asyncio.Lock()
-        self._shadow_next: asyncio.Future[None] | None = None  # the write the next updates wait for
-        self._shadow_twins: list[DeviceTwin] = []  # twins that write stores
-        self._shadow_checkpoint_due = False  # one of them is new since the last checkpoint
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
-        self.desired_changed = KeyedSignal()  # device id → long-polls waiting for its desired state
+        self._init_shadow()
 
     async def start(self) -> None:
         """Restore the log position and the dedup memory from the store, then start consuming."""
@@ -217,80 +204,13 @@ class Engine:
         silent devices change status (tests drive it with a manual clock)."""
         self._take(self.processors.on_timer(self.clock.now_us()), live=True)
 
-    async def update_shadow(
-        self, device_id: str, section: str, patch: object, if_match: int | None = None
-    ) -> tuple[DeviceTwin, DeviceEvent | None]:
-        """Merge-patch a device's ``desired`` or ``reported`` document; durable when it returns.
-
-        Returns the twin and the event recorded (``None`` when the patch changed nothing).
-
-        Raises:
-            NotFound: The device has not sent anything yet.
-            InvalidReading: The patch is not an object or is over the limits (see domain/shadow.py).
-            PreconditionFailed: ``if_match`` is not the document's current version.
-            StoreError: The change could not be stored (it stays in memory and is stored later).
-        """
-        twins = self.processors.twins
-        async with self._twin_lock:
-            twin = twins.get(device_id)
-            if twin is None and twins.missing([device_id]):
-                twins.load(await self.store.load_twins([device_id]))
-                twin = twins.get(device_id)
-            if twin is None:
-                msg = f"no device {device_id!r} has sent anything yet"
-                raise NotFound(msg)
-            try:
-                event = twins.update_shadow(device_id, section, patch, self.clock.now_us(), if_match)
-            except ShadowError as exc:
-                msg = f"{section}: {exc}"
-                raise InvalidReading(msg) from exc
-            except VersionMismatch as exc:
-                msg = f"If-Match: {exc}"
-                raise PreconditionFailed(
-                    msg, details={"version": exc.current, "expected": exc.expected}
-                ) from exc
-            if event is not None:
-                self._pending.events.append(event)
-                self._shadow_twins.append(twin)
-                if twins.registered_since(device_id):
-                    self._shadow_checkpoint_due = True
-        if event is not None:
-            await self._shadow_write()
-            self.events.publish([event])
-            if event.type == DESIRED_CHANGED:
-                self.desired_changed.notify(device_id)
-        return twin, event
-
-    async def _shadow_write(self) -> None:
-        """Wait for a write that starts after now (one for all the updates made meanwhile)."""
-        waiter = self._shadow_next
-        if waiter is None:
-            waiter = self._shadow_next = asyncio.get_running_loop().create_future()
-            task = asyncio.create_task(self._shadow_write_for(waiter))
-            self._shadow_tasks.add(task)
-            task.add_done_callback(self._shadow_tasks.discard)
-        await asyncio.shield(waiter)
-
-    async def _shadow_write_for(self, waiter: asyncio.Future[None]) -> None:
-        async with self._flush_lock:
-            self._shadow_next = None  # updates from here on need the next write
-            twins, self._shadow_twins = self._shadow_twins, []
-            checkpoint, self._shadow_checkpoint_due = self._shadow_checkpoint_due, False
-            try:
-                await self._flush_locked(checkpoint=checkpoint, twins=twins)
-            except Exception as exc:
-                log.exception("storing device shadow changes failed")
-                self.processors.twins.mark_dirty(t.device_id for t in twins)
-                waiter.set_exception(StoreError(f"storing the shadow change failed: {exc}"))
-            else:
-                waiter.set_result(None)
-
     async def _flush(self, *, checkpoint: bool) -> None:
         """Store what the processors emitted (and, with ``checkpoint``, their state) in one transaction."""
         async with self._flush_lock:
             await self._flush_locked(checkpoint=checkpoint)
 
     async def _flush_locked(self, *, checkpoint: bool, twins: Sequence[DeviceTwin] = ()) -> None:
+        """:meth:`_flush` under its lock; ``twins`` are stored too (a checkpoint stores all changed)."""
         pending, self._pending = self._pending, Derived()
         saved = None
         registered: set[str] = set()
