@@ -11,7 +11,8 @@
      │    ├── PayloadTooLarge   body or batch over the limit   (413)
      │    ├── NotFound                                         (404)
      │    ├── Conflict          clashes with the current state (409)
-     │    └── InvalidDefinition a rule or zone that cannot work (422)
+     │    ├── InvalidDefinition a rule or zone that cannot work (422)
+     │    └── PreconditionFailed  an If-Match that no longer holds (412)
      ├── Overloaded(retry_after) a full queue: try later       (503 + Retry-After)
      ├── BusUnavailable         the log cannot take data now   (503)
      ├── StoreError             the store failed               (503)
@@ -89,6 +90,10 @@ class InvalidDefinition(InvalidInput):
     """A rule or zone definition that cannot work; the message says why."""
 
     code = "invalid_definition"
+class PreconditionFailed(InvalidInput):
+    """An ``If-Match`` version that is not the current one: read again, then retry."""
+
+    code = "precondition_failed"
 
 
 class Overloaded(FleetstreamError):

@@ -31,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from fleetstream.adapters.mqtt_shadow import MqttShadow
 from fleetstream.ingest.intake import Intake
 from fleetstream.ingest.mqtt import TopicFilter, parse_mqtt_url
 
@@ -349,4 +350,6 @@ def add_mqtt_source(runtime: Runtime) -> MqttSource:
         settings.mqtt, topic=settings.mqtt_topic, intake=intake, client_id=default_client_id(settings.port)
     )
     runtime.add_source(source)
+    # The device shadow rides the same broker, on a client of its own.
+    runtime.extras.append(MqttShadow(settings.mqtt, runtime.engine, f"{source.client_id}-shadow"))
     return source

@@ -16,6 +16,7 @@ from fleetstream.api.routes import alerts as alert_routes
 from fleetstream.api.routes import deadletters, devices, devicetypes, ingest, live, ops, query, windows
 from fleetstream.api.routes import models as model_routes
 from fleetstream.api.routes import rules as rule_routes
+from fleetstream.api.routes import shadow as shadow_routes
 from fleetstream.api.routes import simulator as simulator_routes
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock
@@ -78,6 +79,7 @@ def create_app(
     app.include_router(model_routes.router)
     app.include_router(rule_routes.router)
     app.include_router(alert_routes.router)
+    app.include_router(shadow_routes.router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -20,6 +20,7 @@ from fleetstream.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    PreconditionFailed,
     StoreError,
     UnsupportedMediaType,
 )
@@ -34,6 +35,7 @@ STATUS: list[tuple[type[FleetstreamError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (InvalidDefinition, 422),
+    (PreconditionFailed, 412),
     (Overloaded, 503),
     (BusUnavailable, 503),
     (StoreError, 503),

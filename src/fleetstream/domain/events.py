@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetstream.domain.batch import Batch
+from fleetstream.domain.shadow import DESIRED, REPORTED, Document, merge, merge_metadata
 
 ONLINE = "online"
 IDLE = "idle"
@@ -34,6 +35,19 @@ MESSAGE = "message"
 HEARTBEAT = "heartbeat"
 STATUS_CHANGED = "status_changed"
 LOCATION_CHANGED = "location_changed"
+DESIRED_CHANGED = "desired_changed"
+REPORTED_CHANGED = "reported_changed"
+SHADOW_EVENTS = {DESIRED_CHANGED: DESIRED, REPORTED_CHANGED: REPORTED}
+"""Event type → the shadow section it patches (payload ``{"patch": {...}, "version": n}``)."""
+
+_NO_DOCUMENT: Document = {}
+"""The shadow documents of every twin that has none: shared (four empty dicts per twin would cost
+25 MB for 100,000 devices), which is safe because a patch builds new documents, never changes one."""
+
+
+def _no_document() -> Document:
+    return _NO_DOCUMENT
+
 
 NEVER = -(2**62)
 """``last_seen`` of a twin that has seen nothing (an int keeps the hot comparison free of ``None``)."""
@@ -55,7 +69,8 @@ class DeviceEvent:
         seq: Number of the event for its device (1, 2, 3 ...): the twin's version once applied.
         ts: Event time it refers to (µs since the epoch, UTC); a timer's deadline for a timer event.
         type: ``registered``, ``type_changed``, ``startup``, ``message``, ``heartbeat``,
-            ``status_changed``, ``location_changed`` (more to come: alerts, predictions).
+            ``status_changed``, ``location_changed``, ``desired_changed``, ``reported_changed``
+            (more to come: alerts, predictions).
         payload: Builtins only (JSON-ready).
         position: Log position of the record that caused it (for a timer, the last record before it).
 
@@ -98,6 +113,9 @@ class DeviceTwin:
     nothing was heard yet). ``sensors`` maps a sensor to its last value and
     that value's event time: the newest event time wins, a late old reading
     never overwrites a newer one. ``location`` is (lat, lon, event time).
+    ``desired`` and ``reported`` are the shadow's documents (see
+    :mod:`fleetstream.domain.shadow`), each with its metadata (when each leaf was
+    last set, µs) and its own version (the number of changes to it).
     ``version`` is the ``seq`` of the last applied event; ``position`` the
     highest log position applied (the processor skips records at or below it,
     which makes replaying the log after a crash idempotent).
@@ -125,6 +143,12 @@ class DeviceTwin:
     last_startup: int | None = None
     last_heartbeat: int | None = None
     heartbeat: dict[str, float] | None = None
+    desired: Document = field(default_factory=_no_document)
+    reported: Document = field(default_factory=_no_document)
+    desired_meta: Document = field(default_factory=_no_document)
+    reported_meta: Document = field(default_factory=_no_document)
+    desired_version: int = 0
+    reported_version: int = 0
     # The deadline of the processor's pending timer for this twin: bookkeeping, not state.
     timer: int | None = field(default=None, compare=False, repr=False)
 
@@ -150,6 +174,8 @@ class DeviceTwin:
             self.first_seen = ts
         elif kind == TYPE_CHANGED:
             self.device_type = payload["to"]
+        elif kind in SHADOW_EVENTS:
+            self.patch_shadow(SHADOW_EVENTS[kind], payload["patch"], ts, payload["version"])
         elif kind in (STARTUP, MESSAGE):  # a message without readings: its event is its only record
             if kind == STARTUP and (self.last_startup is None or ts >= self.last_startup):
                 self.last_startup = ts
@@ -159,6 +185,24 @@ class DeviceTwin:
         self.version = event.seq
         if event.position > self.position:
             self.position = event.position
+
+    def patch_shadow(self, section: str, patch: Document, ts: int, version: int) -> None:
+        """Merge a patch into ``desired`` or ``reported`` (set at ``ts``; the section is then at ``version``).
+
+        Example:
+            >>> twin = DeviceTwin("d", desired={"a": 1, "b": 2}, desired_meta={"a": 5, "b": 5})
+            >>> twin.patch_shadow("desired", {"b": None, "c": {"x": 1}}, 9, 1)
+            >>> twin.desired, twin.desired_meta, twin.desired_version
+            ({'a': 1, 'c': {'x': 1}}, {'a': 5, 'c': {'x': 9}}, 1)
+        """
+        if section == DESIRED:
+            self.desired = merge(self.desired, patch)
+            self.desired_meta = merge_metadata(self.desired_meta, patch, ts)
+            self.desired_version = version
+        else:
+            self.reported = merge(self.reported, patch)
+            self.reported_meta = merge_metadata(self.reported_meta, patch, ts)
+            self.reported_version = version
 
     def observe_row(
         self, position: int, ts: int, sensor: str, value: float, *, first_of_message: bool
@@ -213,6 +257,7 @@ class DeviceTwin:
             "heartbeat": None
             if self.heartbeat is None
             else {"ts": self.last_heartbeat, "values": dict(self.heartbeat)},
+            "shadow": self.shadow_state(),
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -232,6 +277,19 @@ class DeviceTwin:
             "last_startup": self.last_startup,
             "last_heartbeat": self.last_heartbeat,
             "heartbeat": None if self.heartbeat is None else dict(self.heartbeat),
+            # left out while empty: most fleets never use it, and every stored twin would carry it
+            **({"shadow": self.shadow_state()} if self.desired_version or self.reported_version else {}),
+        }
+
+    def shadow_state(self) -> dict[str, Any]:
+        """The shadow's documents, metadata and versions (builtins; they are never changed in place)."""
+        return {
+            "desired": self.desired,
+            "reported": self.reported,
+            "desired_meta": self.desired_meta,
+            "reported_meta": self.reported_meta,
+            "desired_version": self.desired_version,
+            "reported_version": self.reported_version,
         }
 
     @classmethod
@@ -239,12 +297,14 @@ class DeviceTwin:
         """The twin of a :meth:`to_state` dict.
 
         Example:
-            >>> twin = DeviceTwin("d", sensors={"t": (1.5, 9)}, location=(1.0, 2.0, 9), version=3)
+            >>> twin = DeviceTwin("d", sensors={"t": (1.5, 9)}, location=(1.0, 2.0, 9), version=3,
+            ...     desired={"n": {"x": 1}}, desired_meta={"n": {"x": 9}}, desired_version=2)
             >>> DeviceTwin.from_state(twin.to_state()) == twin
             True
         """
         location = state["location"]
         heartbeat = state["heartbeat"]
+        shadow = state.get("shadow") or {}  # absent from twins stored before the shadow existed
         return cls(
             device_id=state["device_id"],
             device_type=state["device_type"],
@@ -260,4 +320,10 @@ class DeviceTwin:
             last_startup=state["last_startup"],
             last_heartbeat=state["last_heartbeat"],
             heartbeat=None if heartbeat is None else dict(heartbeat),
+            desired=shadow.get("desired") or _NO_DOCUMENT,
+            reported=shadow.get("reported") or _NO_DOCUMENT,
+            desired_meta=shadow.get("desired_meta") or _NO_DOCUMENT,
+            reported_meta=shadow.get("reported_meta") or _NO_DOCUMENT,
+            desired_version=shadow.get("desired_version", 0),
+            reported_version=shadow.get("reported_version", 0),
         )

@@ -56,6 +56,7 @@ from fleetstream.domain.events import (
     OFFLINE,
     ONLINE,
     REGISTERED,
+    SHADOW_EVENTS,
     STARTUP,
     STATUS_CHANGED,
     TYPE_CHANGED,
@@ -63,6 +64,16 @@ from fleetstream.domain.events import (
     DeviceTwin,
 )
 from fleetstream.domain.records import DeviceMessage
+from fleetstream.domain.shadow import (
+    DESIRED,
+    SECTIONS,
+    VersionMismatch,
+    check_document,
+    check_patch,
+    copy_json,
+    merge,
+    same,
+)
 
 __all__ = ["DeviceEvent", "DeviceTwin", "TwinProcessor", "TwinSettings"]
 
@@ -128,6 +139,7 @@ class TwinProcessor:
         self._pt: int | None = None
         self._position = 0  # log position of the last record processed
         self._heard_at: int | None = None  # wall time a record last arrived
+        self._registered: set[str] = set()  # devices first seen since the last take_registered()
 
     # -- the stream --------------------------------------------------------------------------
 
@@ -214,6 +226,18 @@ class TwinProcessor:
         out: list[DeviceEvent] = []
         self._emit(out, twin, kind, ts, payload, position)
         return out[0]
+    def take_registered(self) -> set[str]:
+        """Devices first seen since the last call (a checkpoint taken now knows all the others)."""
+        taken, self._registered = self._registered, set()
+        return taken
+
+    def put_back_registered(self, device_ids: Iterable[str]) -> None:
+        """Undo :meth:`take_registered` (the checkpoint it was for was not stored)."""
+        self._registered.update(device_ids)
+
+    def registered_since(self, device_id: str) -> bool:
+        """Whether the device was first seen since the last :meth:`take_registered`."""
+        return device_id in self._registered
 
     def get(self, device_id: str) -> DeviceTwin | None:
         """The twin of a device, if it is in memory."""
@@ -226,6 +250,39 @@ class TwinProcessor:
     def __len__(self) -> int:
         """Twins in memory."""
         return len(self._twins)
+
+    def update_shadow(
+        self, device_id: str, section: str, patch: object, now_us: int, if_match: int | None = None
+    ) -> DeviceEvent | None:
+        """Merge-patch the ``desired`` or ``reported`` document of a resident twin at wall time ``now_us``.
+
+        Returns the ``desired_changed`` / ``reported_changed`` event (already applied), or ``None``
+        when the patch leaves the document as it is (nothing is recorded).
+
+        Raises:
+            ShadowError: The patch is not an object, or it or the result is over the limits.
+            VersionMismatch: ``if_match`` is not the section's current version.
+            KeyError: The twin is not in memory (load it first).
+        """
+        if section not in SECTIONS:
+            msg = f"no shadow section {section!r}"
+            raise ValueError(msg)
+        twin = self._twins[device_id]
+        checked = check_patch(patch)
+        current = twin.desired_version if section == DESIRED else twin.reported_version
+        if if_match is not None and if_match != current:
+            raise VersionMismatch(if_match, current)
+        document = twin.desired if section == DESIRED else twin.reported
+        merged = merge(document, checked)
+        if same(merged, document):
+            return None
+        check_document(merged)
+        kind = next(k for k, v in SHADOW_EVENTS.items() if v == section)
+        out: list[DeviceEvent] = []
+        self._emit(
+            out, twin, kind, now_us, {"patch": copy_json(checked), "version": current + 1}, twin.position
+        )
+        return out[0]
 
     @property
     def partition_time(self) -> int | None:
@@ -470,6 +527,7 @@ class TwinProcessor:
             msg = f"the twin of {device!r} is stored: load it (see missing()) before its next record"
             raise ValueError(msg)
         twin = self._twins[device] = DeviceTwin(device)
+        self._registered.add(device)
         self._emit(out, twin, REGISTERED, ts, {"device_type": device_type}, at)
         return twin
 

@@ -15,6 +15,8 @@ What the processors emit is stored by a flusher every ``flush_interval_s``; ever
 ``checkpoint_interval_s`` it also stores their state with the log position it
 reflects. On start the engine restores that checkpoint and replays the log after
 it before taking new traffic, so a crash loses no processor state (docs/stream.md).
+
+Device shadow updates run between batches too (:mod:`fleetstream.engine.shadow`).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from fleetstream.domain.clock import Clock
 from fleetstream.domain.dedup import Deduplicator
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.stats import LiveStats, RateMeter
-from fleetstream.domain.twin import DeviceEvent
+from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.processors import StreamProcessors
 from fleetstream.engine.rule_control import RuleControl
 from fleetstream.engine.webhooks import WebhookSender, WebhookSettings
+from fleetstream.engine.shadow import ShadowUpdates
 from fleetstream.errors import FleetstreamError, StoreError
 from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Checkpoint, Derived, Store
 
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 ENGINE_GROUP = "fleetstream-engine"
 
 
-class Engine:
+class Engine(ShadowUpdates):
     """Runs the processors of one process over the bus; see the module docstring."""
 
     def __init__(
@@ -88,6 +91,9 @@ class Engine:
         self._seq = 0
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
+        self._twin_lock = asyncio.Lock()  # batches and shadow updates change twins one at a time
+        self._flush_lock = asyncio.Lock()
+        self._init_shadow()
 
     async def start(self) -> None:
         """Restore the log position and the dedup memory from the store, then start consuming."""
@@ -227,12 +233,21 @@ class Engine:
 
     async def _flush(self, *, checkpoint: bool) -> None:
         """Store what the processors emitted (and, with ``checkpoint``, their state) in one transaction."""
+        async with self._flush_lock:
+            await self._flush_locked(checkpoint=checkpoint)
+
+    async def _flush_locked(self, *, checkpoint: bool, twins: Sequence[DeviceTwin] = ()) -> None:
+        """:meth:`_flush` under its lock; ``twins`` are stored too (a checkpoint stores all changed)."""
         pending, self._pending = self._pending, Derived()
         saved = None
+        registered: set[str] = set()
         began = time.perf_counter()
         if checkpoint:
             pending.twins += self.processors.take_dirty()
+            registered = self.processors.twins.take_registered()  # the checkpoint knows them now
             saved = Checkpoint(self.processors.position, self.processors.snapshot(), self.clock.now_us())
+        else:
+            pending.twins += twins
         if not pending and saved is None:
             return
         try:
@@ -240,6 +255,7 @@ class Engine:
         except Exception:
             pending.extend(self._pending)  # keep it for the next try, in order
             self._pending = pending
+            self.processors.twins.put_back_registered(registered)
             raise
         if checkpoint:
             self._last_checkpoint = self.clock.monotonic()
@@ -366,10 +382,11 @@ class Engine:
 
     async def _process(self, batch: Batch, *, live: bool) -> None:
         """Feed a durable batch to the processors (loading evicted twins first) and keep their output."""
-        missing = self.processors.missing(batch)
-        if missing:
-            self.processors.load(await self.store.load_twins(missing))
-        self._take(self.processors.on_batch(batch, self.clock.now_us()), live=live)
+        async with self._twin_lock:
+            missing = self.processors.missing(batch)
+            if missing:
+                self.processors.load(await self.store.load_twins(missing))
+            self._take(self.processors.on_batch(batch, self.clock.now_us()), live=live)
 
     def _take(self, derived: Derived, *, live: bool) -> None:
         self._pending.extend(derived)

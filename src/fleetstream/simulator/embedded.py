@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fleetstream.simulator.delivery import DeliveryOptions
+from fleetstream.simulator.shadow import ShadowAgent
 from fleetstream.simulator.simulator import Simulator
 from fleetstream.simulator.transports import InProcessTransport
 
@@ -16,7 +17,8 @@ def add_simulator(runtime: Runtime) -> Simulator:
     """Attach a simulator, configured by ``settings.simulator``, to a runtime's extras.
 
     It sends through the gateway in the same process (no HTTP), starts after
-    the engine and stops (sending what it has queued) before the bus closes.
+    the engine and stops (sending what it has queued) before the bus closes. Its devices
+    apply their desired ``interval_s`` (:mod:`fleetstream.simulator.shadow`).
     """
     settings = runtime.settings.simulator
     simulator = Simulator(
@@ -34,5 +36,6 @@ def add_simulator(runtime: Runtime) -> Simulator:
         clock_skew_s=settings.clock_skew_s,
     )
     runtime.extras.append(simulator)
+    runtime.extras.append(ShadowAgent(runtime.engine, simulator))  # devices follow their desired state
     runtime.info["simulator"] = simulator
     return simulator

@@ -12,6 +12,7 @@ from fleetstream.api.deps import EngineDep, StoreDep
 from fleetstream.api.routes.live import sse_response
 from fleetstream.api.routes.query import split_values, time_param
 from fleetstream.domain.records import DEVICE_ID_RULE, is_valid_device_id
+from fleetstream.domain.shadow import Document, delta, pick
 from fleetstream.domain.timeutil import us_to_iso
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.engine.pipeline import Engine
@@ -49,6 +50,28 @@ def twin_json(t: DeviceTwin) -> dict[str, Any]:
         "last_heartbeat": _iso(t.last_heartbeat),
         "heartbeat": t.heartbeat,
         "version": t.version,
+        "shadow": shadow_json(t),
+    }
+
+
+def _times(metadata: Document) -> Document:
+    return {k: _times(v) if isinstance(v, dict) else us_to_iso(v) for k, v in metadata.items()}
+
+
+def shadow_json(t: DeviceTwin) -> dict[str, Any]:
+    """The device shadow: documents, `delta`, when each leaf was last set, and the versions."""
+    diff = delta(t.desired, t.reported)
+    return {
+        "desired": t.desired,
+        "reported": t.reported,
+        "delta": diff,
+        "metadata": {
+            "desired": _times(t.desired_meta),
+            "reported": _times(t.reported_meta),
+            "delta": _times(pick(t.desired_meta, diff)),
+        },
+        "desired_version": t.desired_version,
+        "reported_version": t.reported_version,
     }
 
 
@@ -63,7 +86,8 @@ def event_json(e: DeviceEvent) -> dict[str, Any]:
     }
 
 
-def _checked(device_id: str) -> str:
+def checked_id(device_id: str) -> str:
+    """The device id of a path, or a 422 naming the rule."""
     if not is_valid_device_id(device_id):
         msg = f'device_id: "{device_id}" is not a valid device id ({DEVICE_ID_RULE})'
         raise InvalidReading(msg)
@@ -121,8 +145,9 @@ async def get_device(
 ) -> Response:
     """The device's state: type, status, first/last seen, last value and its event time per sensor
     (the newest event time wins), location, counters and `version` (the number of device events
-    applied). `If-None-Match` with the ETag answers 304 while nothing changed."""
-    _checked(device_id)
+    applied) and `shadow` (desired, reported, delta, their metadata and versions: docs/shadow.md).
+    `If-None-Match` with the ETag answers 304 while nothing changed."""
+    checked_id(device_id)
     if as_of is not None:
         at = time_param("as_of", as_of, 0)
         twin = await twin_as_of(engine, store, device_id, at)
@@ -166,8 +191,9 @@ async def get_device_events(
     """Events oldest first: `{"events": [{"seq", "ts", "type", "payload"}], "next_after_seq"}`; pass
     `next_after_seq` back as `after_seq` for the next page (null at the end). Types: `registered`,
     `type_changed`, `startup`, `message` (another reading-less message), `heartbeat`,
-    `status_changed`, `location_changed`."""
-    _checked(device_id)
+    `status_changed`, `location_changed`, `desired_changed`, `reported_changed` (payload
+    `{"patch", "version"}`: a shadow update, docs/shadow.md)."""
+    checked_id(device_id)
     await current_twin(engine, store, device_id)
     start = time_param("from", from_, 0) if from_ else None
     end = time_param("to", to, 0) if to else None
