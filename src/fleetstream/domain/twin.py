@@ -226,6 +226,7 @@ class TwinProcessor:
         out: list[DeviceEvent] = []
         self._emit(out, twin, kind, ts, payload, position)
         return out[0]
+
     def take_registered(self) -> set[str]:
         """Devices first seen since the last call (a checkpoint taken now knows all the others)."""
         taken, self._registered = self._registered, set()

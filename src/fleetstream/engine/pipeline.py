@@ -41,8 +41,8 @@ from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.processors import StreamProcessors
 from fleetstream.engine.rule_control import RuleControl
-from fleetstream.engine.webhooks import WebhookSender, WebhookSettings
 from fleetstream.engine.shadow import ShadowUpdates
+from fleetstream.engine.webhooks import WebhookSender, WebhookSettings
 from fleetstream.errors import FleetstreamError, StoreError
 from fleetstream.ports import READINGS_TOPIC, Bus, BusBatch, Checkpoint, Derived, Store
 
