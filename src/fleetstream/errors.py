@@ -90,6 +90,8 @@ class InvalidDefinition(InvalidInput):
     """A rule or zone definition that cannot work; the message says why."""
 
     code = "invalid_definition"
+
+
 class PreconditionFailed(InvalidInput):
     """An ``If-Match`` version that is not the current one: read again, then retry."""
 
