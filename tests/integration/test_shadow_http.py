@@ -232,3 +232,22 @@ def test_a_restart_even_a_kill_keeps_the_shadow(
     # and the versions go on from where they were
     r = _patch(client, again, dev, "desired", {"interval_s": 6}, if_match="2")
     assert (r.status_code, r.headers["etag"]) == (200, '"3"')
+
+
+def test_if_match_takes_the_twins_etag_too(
+    shared_server: ServerProcess, client: httpx.Client, dev: str
+) -> None:
+    srv = shared_server
+    _seen(srv, dev)
+    twin = client.get(f"{srv.url}/api/v1/devices/{dev}")
+    etag = twin.headers["etag"]
+    r = _patch(client, srv, dev, "desired", {"interval_s": 7}, if_match=etag)
+    assert r.status_code == 200, r.text
+    # The shadow change moved the twin on: its old ETag no longer holds, and the 412 names the new one
+    r = _patch(client, srv, dev, "desired", {"interval_s": 8}, if_match=etag)
+    assert r.status_code == 412, r.text
+    now = client.get(f"{srv.url}/api/v1/devices/{dev}").headers["etag"]
+    assert r.json()["error"]["details"] == {"etag": now}
+    assert client.get(f"{srv.url}/api/v1/devices/{dev}/desired").json()["desired"] == {"interval_s": 7}
+    r = _patch(client, srv, dev, "desired", {"interval_s": 8}, if_match="v-1")
+    assert r.status_code == 400, r.text

@@ -55,7 +55,7 @@ class ShadowUpdates:
         raise NotImplementedError  # the engine's: store what the processors emitted, and these twins
 
     async def update_shadow(
-        self, device_id: str, section: str, patch: object, if_match: int | None = None
+        self, device_id: str, section: str, patch: object, if_match: int | tuple[int, int] | None = None
     ) -> tuple[DeviceTwin, DeviceEvent | None]:
         """Merge-patch a device's ``desired`` or ``reported`` document; durable when it returns.
 
@@ -64,7 +64,8 @@ class ShadowUpdates:
         Raises:
             NotFound: The device has not sent anything yet.
             InvalidReading: The patch is not an object or is over the limits (see domain/shadow.py).
-            PreconditionFailed: ``if_match`` is not the document's current version.
+            PreconditionFailed: ``if_match`` is not the document's current version (an int), or not
+                the twin's current (version, readings) (a pair: the twin's ETag).
             StoreError: The change could not be stored (it stays in memory and is stored later).
         """
         twins = self.processors.twins
@@ -76,6 +77,12 @@ class ShadowUpdates:
             if twin is None:
                 msg = f"no device {device_id!r} has sent anything yet"
                 raise NotFound(msg)
+            if isinstance(if_match, tuple):
+                now = (twin.version, twin.readings)
+                if if_match != now:
+                    msg = f"If-Match: the twin is at {now[0]}-{now[1]}, not {if_match[0]}-{if_match[1]}"
+                    raise PreconditionFailed(msg, details={"etag": f'"{now[0]}-{now[1]}"'})
+                if_match = None
             try:
                 event = twins.update_shadow(device_id, section, patch, self.clock.now_us(), if_match)
             except ShadowError as exc:

@@ -42,7 +42,11 @@ _PATCH_BODY: dict[str, Any] = {
 }
 DeviceId = Annotated[str, Path(description=f"the device; {DEVICE_ID_RULE}")]
 IfMatch = Annotated[
-    str | None, Header(description='the version this update is based on: `3`, `"3"` (the ETag) or `*`')
+    str | None,
+    Header(
+        description='the version this update is based on: `3`, `"3"` (the document\'s ETag), '
+        'the twin\'s ETag `"42-1000"`, or `*`'
+    ),
 ]
 
 
@@ -50,15 +54,26 @@ def _etag(version: int) -> str:
     return f'"{version}"'
 
 
-def parse_if_match(value: str | None) -> int | None:
-    """The version an ``If-Match`` header names (``None`` for no header or ``*``)."""
+def parse_if_match(value: str | None) -> int | tuple[int, int] | None:
+    """The version an ``If-Match`` header names (``None`` for no header or ``*``).
+
+    A document version (``3`` or its ETag ``"3"``) holds while that document is unchanged; the
+    twin's ETag from ``GET /api/v1/devices/{id}`` (``"42-1000"``: version and readings) holds only
+    while nothing at all changed on the twin, telemetry included.
+    """
     if value is None or value.strip() == "*":
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        msg = f'If-Match: expected a document version such as 3 or its ETag "3", got {value!r}'
-        raise InvalidInput(msg)
-    return int(text)
+    if text.isdigit():
+        return int(text)
+    version, dash, readings = text.partition("-")
+    if dash and version.isdigit() and readings.isdigit():
+        return int(version), int(readings)
+    msg = (
+        f'If-Match: expected a document version such as 3, its ETag "3", or the twin\'s ETag '
+        f'"42-1000", got {value!r}'
+    )
+    raise InvalidInput(msg)
 
 
 async def _patch_body(request: Request) -> object:
