@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fleetstream.simulator.delivery import DeliveryOptions
+from fleetstream.simulator.realhost import real_host_for
 from fleetstream.simulator.simulator import Simulator
 from fleetstream.simulator.transports import InProcessTransport
 
@@ -32,6 +33,7 @@ def add_simulator(runtime: Runtime) -> Simulator:
             late_delay_s=settings.late_delay_s,
         ),
         clock_skew_s=settings.clock_skew_s,
+        real_host=real_host_for(settings.rate) if settings.real_host else None,
     )
     runtime.extras.append(simulator)
     runtime.info["simulator"] = simulator

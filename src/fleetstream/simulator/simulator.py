@@ -37,6 +37,7 @@ from fleetstream.simulator.delivery import (
 )
 from fleetstream.simulator.fleet import Fleet
 from fleetstream.simulator.lifecycle import LifecycleOptions
+from fleetstream.simulator.realhost import RealHost
 from fleetstream.simulator.tracker import Region
 from fleetstream.simulator.transports import Transport
 from fleetstream.simulator.truth import GroundTruth
@@ -72,6 +73,7 @@ class Simulator:
         truth: counts every distinct message the server acknowledged, per event-time window.
         lifecycle: failure, offline and maintenance rates of the devices (None: the defaults).
         region: where trackers move (None: around Amsterdam).
+        real_host: one extra device reporting this machine's real sensors (``--real-host``).
 
     Counters (messages): ``generated``; ``sent`` (handed to the transport,
     second copies included); ``acknowledged``; ``errors`` (rejected, or
@@ -109,6 +111,7 @@ class Simulator:
         truth: GroundTruth | None = None,
         lifecycle: LifecycleOptions | None = None,
         region: Region | None = None,
+        real_host: RealHost | None = None,
     ) -> None:
         if batch_size < 1 or max_in_flight < 1 or not tick_s > 0:
             msg = "batch_size and max_in_flight must be >= 1, tick_s > 0"
@@ -120,6 +123,7 @@ class Simulator:
         )
         self.delivery = Delivery(delivery or DeliveryOptions(), self.seed)
         self.truth = truth
+        self.real_host = real_host
         self.device_rate = rate
         self.clock = clock
         self.transport = transport
@@ -194,6 +198,8 @@ class Simulator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.real_host is not None:
+            self.real_host.cancel()
         released, unsent = self.delivery.release(self.clock.monotonic())
         self._enqueue(released)
         self.late_unsent += unsent
@@ -225,6 +231,8 @@ class Simulator:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if self.real_host is not None:
+            self.real_host.cancel()
         self._paused_at = self.clock.monotonic()
         await self.flush(flush_timeout_s)
 
@@ -266,6 +274,8 @@ class Simulator:
                 "the simulator stalled for %.1f s: %d messages not sent", elapsed - self._until, skipped
             )
         messages = self.fleet.advance(elapsed, self.clock.now_us())
+        if self.real_host is not None:
+            messages.extend(self.real_host.poll(elapsed, self.clock.now_us()))
         self._until = elapsed
         self.generated += len(messages)
         if self._tagged:
