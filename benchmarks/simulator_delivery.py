@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import pstats
 import re
 import shutil
@@ -231,8 +232,10 @@ def run_transport(transport: str, args: argparse.Namespace, work: Path) -> Resul
             "--rate", str(args.rate), "--duration", str(args.seconds), "--seed", "1",
             "--batch", str(args.batch), "--kinds", args.kinds, "--failure-rate", "0",
         ]  # fmt: skip
+        # Unbuffered: its lines (the start, the summary) must come as printed, to time the run by.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         sim = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
         assert sim.stdout is not None
         pids = {"simulate": sim.pid, "server": server.pid, "broker": broker.proc.pid if broker else None}
