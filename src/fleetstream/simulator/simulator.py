@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _LOG_EVERY_S = 10.0
 _RATE_WINDOW_S = 5
+_SPAN_TICKS = 5  # the most fleet time one tick of the loop generates, in ticks
 
 
 class Simulator:
@@ -261,22 +262,31 @@ class Simulator:
         finally:
             await self.stop()
 
-    async def tick(self) -> int:
-        """One pass of the loop: queue the messages due by now and send batches; how many were due."""
+    async def tick(self, max_span_s: float | None = None) -> int:
+        """One pass of the loop: queue the messages due by now and send batches; how many were due.
+
+        Args:
+            max_span_s: generate at most this much of the fleet's time (None: all of it up to
+                now); the rest comes in the next ticks, or is skipped once more than
+                ``max_lag_s`` behind. The loop passes ``5 * tick_s``.
+        """
         now = self.clock.monotonic()
         if self._origin is None:
             self._origin = now
         elapsed = now - self._origin
-        if elapsed - self._until > self.max_lag_s:
+        start = self._until
+        if elapsed - start > self.max_lag_s:
             skipped = self.fleet.skip(elapsed - self.max_lag_s)
             self.dropped += skipped
+            start = elapsed - self.max_lag_s
             log.warning(
                 "the simulator stalled for %.1f s: %d messages not sent", elapsed - self._until, skipped
             )
-        messages = self.fleet.advance(elapsed, self.clock.now_us())
+        until = elapsed if max_span_s is None else min(elapsed, start + max_span_s)
+        messages = self.fleet.advance(until, self.clock.now_us())
         if self.real_host is not None:
-            messages.extend(self.real_host.poll(elapsed, self.clock.now_us()))
-        self._until = elapsed
+            messages.extend(self.real_host.poll(until, self.clock.now_us()))
+        self._until = until
         self.generated += len(messages)
         if self._tagged:
             delivery = self.delivery
@@ -327,7 +337,10 @@ class Simulator:
     async def _loop(self) -> None:
         next_tick = self.clock.monotonic()
         while True:
-            await self.tick()
+            # A bounded span per tick: when the process gets less CPU than the fleet needs, one
+            # slow tick would make the next larger and so on, each holding the event loop (no
+            # sends, no progress) for seconds; bounded, sends run between ticks.
+            await self.tick(max_span_s=_SPAN_TICKS * self.tick_s)
             next_tick += self.tick_s
             delay = next_tick - self.clock.monotonic()
             if not 0 <= delay <= self.tick_s:  # behind (a slow tick) or the clock jumped: resync
