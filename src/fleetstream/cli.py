@@ -61,6 +61,13 @@ def up(
     seed: Annotated[
         int | None, typer.Option(envvar="FLEETSTREAM_SIMULATOR__SEED", help="simulator random seed")
     ] = None,
+    real_host: Annotated[
+        bool,
+        typer.Option(
+            envvar="FLEETSTREAM_SIMULATOR__REAL_HOST",
+            help="simulator: add one device with this machine's real CPU, memory, temperatures, fans",
+        ),
+    ] = False,
     jitter: Annotated[
         str | None,
         typer.Option(
@@ -160,7 +167,14 @@ def up(
             table=table,
             unsafe_no_auth=unsafe_no_auth,
             log_level=log_level,
-            simulator={"enabled": simulator, "devices": devices, "rate": rate, "seed": seed, **chosen},
+            simulator={
+                "enabled": simulator,
+                "devices": devices,
+                "rate": rate,
+                "seed": seed,
+                "real_host": real_host,
+                **chosen,
+            },
             stream=_given(
                 windows=window, out_of_orderness_s=out_of_orderness, allowed_lateness_s=allowed_lateness
             ),
@@ -203,7 +217,7 @@ def _run_up(settings: Settings) -> int:
 
     console = setup_logging(settings.log_level)
     runtime = Runtime(settings)
-    if settings.simulator.enabled and settings.simulator.devices > 0:
+    if settings.simulator.enabled and (settings.simulator.devices > 0 or settings.simulator.real_host):
         from fleetstream.simulator.embedded import add_simulator
 
         add_simulator(runtime)
@@ -386,6 +400,13 @@ def simulate(
             envvar="FLEETSTREAM_SIM_REGION", help="trackers' box: south,west,north,east (default Amsterdam)"
         ),
     ] = None,
+    real_host: Annotated[
+        bool,
+        typer.Option(
+            envvar="FLEETSTREAM_SIM_REAL_HOST",
+            help="add one device, host-<hostname>, with this machine's real CPU, memory, temperatures, fans",
+        ),
+    ] = False,
 ) -> None:
     """Drive any fleetstream server with a simulated fleet, printing progress.
 
@@ -416,6 +437,7 @@ def simulate(
         failure_rate=failure_rate,
         failures=failures,
         region=region,
+        real_host=real_host,
     )
     raise typer.Exit(code)
 

@@ -128,6 +128,7 @@ class SimulatorSettings(_Group):
     late: float = Field(0.0, ge=0, le=1, description="fraction of messages held back for late_delay_s")
     late_delay_s: Seconds = Field(50.0, gt=0, description="how long late messages are held")
     clock_skew_s: Seconds = Field(0.0, ge=0, description="each device's clock is off by up to this")
+    real_host: bool = Field(False, description="one extra device with this machine's real sensors (psutil)")
 
 
 class Settings(BaseSettings):

@@ -36,6 +36,7 @@ UP_OPTIONS = {
     "--rate": "FLEETSTREAM_SIMULATOR__RATE",
     "--simulator": "FLEETSTREAM_SIMULATOR__ENABLED",
     "--seed": "FLEETSTREAM_SIMULATOR__SEED",
+    "--real-host": "FLEETSTREAM_SIMULATOR__REAL_HOST",
     "--store": "FLEETSTREAM_STORE",
     "--mqtt": "FLEETSTREAM_MQTT",
     "--mqtt-topic": "FLEETSTREAM_MQTT_TOPIC",

@@ -101,6 +101,31 @@ def test_the_fleet_over_kafka_is_the_fleet_the_server_lists(
     assert_same_fleet(srv, acknowledged)
 
 
+def test_packed_mqtt_messages_of_several_devices_are_the_fleet_the_server_lists(
+    mosquitto: Mosquitto, start: Callable[..., ServerProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv = start("--mqtt", mosquitto.url, "--mqtt-topic", "devices/telemetry")
+    acknowledged = run(f"{mosquitto.url}?pack=7", capsys)
+    assert_same_fleet(srv, acknowledged)
+    status, body = srv.call("GET", "/api/v1/dead-letters")
+    assert (status, body["dead_letters"]) == (200, [])
+
+
+def test_packed_kafka_messages_are_the_fleet_the_server_lists(
+    module_tansu: Tansu, start: Callable[..., ServerProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin_mod = pytest.importorskip("confluent_kafka.admin")
+    admin = admin_mod.AdminClient({"bootstrap.servers": module_tansu.bootstrap})
+    futures = admin.create_topics(
+        [admin_mod.NewTopic("packed-events", num_partitions=2, replication_factor=1)]
+    )
+    for future in futures.values():
+        future.result(15)
+    srv = start("--kafka-source", module_tansu.url("packed-events"))
+    acknowledged = run(f"kafka://{module_tansu.bootstrap}/packed-events?pack=7", capsys)
+    assert_same_fleet(srv, acknowledged)
+
+
 def test_several_readings_travel_in_one_mqtt_message_and_a_dead_broker_counts_as_errors(
     mosquitto: Mosquitto,
 ) -> None:

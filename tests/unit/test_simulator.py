@@ -309,6 +309,36 @@ def test_transport_errors_are_counted_and_backed_off_never_raised() -> None:
     assert sim.dropped == 0
 
 
+def test_a_tick_with_a_bounded_span_catches_up_over_the_next_ticks_then_skips_past_the_lag() -> None:
+    clock, transport = ManualClock(T0), ListTransport()
+    sim = Simulator(10, 1.0, 1, clock, transport, kinds=TYPED_ONLY, max_lag_s=5.0)
+
+    async def scenario() -> list[tuple[int, float, int]]:
+        seen = []
+        assert await sim.tick(max_span_s=0.5) == 0  # at 0 s: every phase is after it
+        clock.advance(3.0)  # a tick 3 s late: 0.5 s of the fleet's time per tick, 30 readings due
+        for _ in range(7):
+            due = await sim.tick(max_span_s=0.5)
+            seen.append((due, round(sim.elapsed_s, 3), sim.dropped))
+        clock.advance(10.0)  # now more than max_lag_s behind: skipped down to 5 s, then 0.5 s more
+        due = await sim.tick(max_span_s=0.5)
+        seen.append((due, round(sim.elapsed_s, 3), sim.dropped))
+        await sim.stop()
+        return seen
+
+    seen = asyncio.run(scenario())
+    # The same fleet, advanced half a second at a time by hand, is what the ticks must have sent.
+    reference = Fleet(10, 1.0, 1, TYPED_ONLY)
+    assert reference.advance(0.0, T0) == []
+    steps = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.0]
+    expected = [len(reference.advance(t, T0)) for t in steps]
+    assert sum(expected) == 30  # each of the 10 devices once a second, for 3 s
+    assert seen[:7] == [(n, t, 0) for n, t in zip(expected, steps, strict=True)]
+    assert reference.skip(8.0) == 50
+    assert seen[7] == (len(reference.advance(8.5, T0)), 8.5, 50)
+    assert sim.generated == sum(n for n, _, _ in seen) == len(transport.messages)
+
+
 def test_a_stall_skips_missed_messages_and_a_slow_target_drops_the_oldest() -> None:
     clock, transport = ManualClock(T0), ListTransport()
     sim = Simulator(10, 1.0, 1, clock, transport, kinds=TYPED_ONLY, max_lag_s=5.0)

@@ -12,6 +12,16 @@ never blocked.
   server's default filter ``devices/+/telemetry`` matches), QoS 1.
 * Kafka: topic ``device-events`` unless the URL names another, key = device id.
 
+With ``?pack=N`` in the target URL, a broker message carries up to N readings of
+several devices instead, as a gateway sends them: at 1 reading per device and
+second, a message per device is a message per reading, and a fleet of 100,000
+devices is then 100,000 publishes a second, more than one Python process can
+make. Packed MQTT messages go to ``<prefix>/telemetry`` (no device level: the
+server takes each id from the payload, so it subscribes with
+``--mqtt-topic devices/telemetry`` or ``devices/#``); packed Kafka messages are
+keyed ``pack/<bucket>``, a bucket being a fixed share of the devices (by a hash
+of the id), so each device's readings still stay in one partition, in order.
+
 Re-sending is safe: every message carries a ``msg_id``, which the server dedups.
 """
 
@@ -21,22 +31,25 @@ import asyncio
 import logging
 import random
 import threading
+import zlib
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from fleetstream.errors import ConfigError, DeliveryFailed
-from fleetstream.ingest.kafka import parse_kafka_url
+from fleetstream.ingest.kafka import KafkaEndpoint, parse_kafka_url
 
 log = logging.getLogger(__name__)
 
 MQTT_DEFAULT_PORT = 1883
 MQTT_DEFAULT_PREFIX = "devices"
-_MQTT_FORM = "mqtt://host[:port][/topic-prefix][?keepalive=SECONDS&client_id=NAME]"
+_MQTT_FORM = "mqtt://host[:port][/topic-prefix][?keepalive=SECONDS&client_id=NAME&pack=N]"
+PACK_BUCKETS = 16
+"""Packed Kafka messages spread over this many keys (each device always in the same one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +69,17 @@ class MqttTarget:
     client_id: str = ""
     username: str | None = None
     password: str | None = None
+    pack: int = 0
+    """Readings per message from several devices (0: one message per device and batch)."""
 
     def topic(self, device_id: str) -> str:
         """The telemetry topic of one device."""
         return f"{self.prefix}/{device_id}/telemetry"
+
+    @property
+    def pack_topic(self) -> str:
+        """The topic of packed messages (several devices): no device level."""
+        return f"{self.prefix}/telemetry"
 
 
 def parse_mqtt_target(url: str) -> MqttTarget:
@@ -85,10 +105,10 @@ def parse_mqtt_target(url: str) -> MqttTarget:
         msg = f"invalid MQTT target {url!r}: the topic prefix may not contain '+', '#' or NUL"
         raise ConfigError(msg)
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"keepalive", "client_id"})
+    unknown = sorted(set(query) - {"keepalive", "client_id", "pack"})
     if unknown:
         names = ", ".join(unknown)
-        msg = f"invalid MQTT target {url!r}: unknown parameter(s) {names}; known: keepalive, client_id"
+        msg = f"invalid MQTT target {url!r}: unknown parameter(s) {names}; known: keepalive, client_id, pack"
         raise ConfigError(msg)
     try:
         keepalive = int(query.get("keepalive", ["60"])[-1])
@@ -103,6 +123,7 @@ def parse_mqtt_target(url: str) -> MqttTarget:
         prefix=prefix,
         keepalive_s=keepalive,
         client_id=query.get("client_id", [""])[-1],
+        pack=_pack(url, query),
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
@@ -127,6 +148,48 @@ def target_from_env(env: Mapping[str, str]) -> str | None:
     keepalive = env.get("MQTT_KEEP_ALIVE_INTERVAL", "").strip()
     url = f"mqtt://{host}:{port}" + (f"/{topic}" if topic else "")
     return url + (f"?keepalive={keepalive}" if keepalive else "")
+
+
+def _pack(url: str, query: Mapping[str, list[str]]) -> int:
+    text = query.get("pack", ["0"])[-1]
+    try:
+        pack = int(text)
+    except ValueError:
+        pack = -1
+    if pack < 0:
+        msg = f"invalid target {url!r}: pack must be a whole number of readings per message, got {text!r}"
+        raise ConfigError(msg)
+    return pack
+
+
+def parse_kafka_target(url: str) -> tuple[KafkaEndpoint, int]:
+    """A ``kafka://`` target and its ``pack`` (0 when absent), which the server's URL does not take.
+
+    Example:
+        >>> endpoint, pack = parse_kafka_target("kafka://k:9092/events?pack=200")
+        >>> endpoint.bootstrap, endpoint.topic, pack
+        ('k:9092', 'events', 200)
+    """
+    parts = urlsplit(url.strip())
+    query = parse_qs(parts.query, keep_blank_values=True)
+    pack = _pack(url, query)
+    rest = urlencode([(k, v) for k, vs in query.items() if k != "pack" for v in vs])
+    return parse_kafka_url(urlunsplit(parts._replace(query=rest))), pack
+
+
+def packed(batch: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """The batch cut into messages of at most ``size`` readings, in order.
+
+    Example:
+        >>> [len(p) for p in packed([{"device_id": str(i)} for i in range(5)], 2)]
+        [2, 2, 1]
+    """
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
+
+
+def bucket_of(device_id: str) -> int:
+    """The fixed bucket of a device among :data:`PACK_BUCKETS` (a CRC-32 of its id, the same in every run)."""
+    return zlib.crc32(device_id.encode()) % PACK_BUCKETS
 
 
 def by_device(batch: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -223,7 +286,11 @@ class MqttTransport:
         if self._client is None:
             msg = "MqttTransport.send() before start()"
             raise RuntimeError(msg)
-        bodies = [(self.target.topic(d), msgspec.json.encode(ms)) for d, ms in by_device(batch).items()]
+        target = self.target
+        if target.pack:
+            bodies = [(target.pack_topic, msgspec.json.encode(ms)) for ms in packed(batch, target.pack)]
+        else:
+            bodies = [(target.topic(d), msgspec.json.encode(ms)) for d, ms in by_device(batch).items()]
         attempt = 0
         while True:
             futures: list[asyncio.Future[None]] = []
@@ -298,13 +365,13 @@ class KafkaTransport:
     Delivery reports are served by ``poll`` on a thread of this transport.
 
     Args:
-        target: ``kafka://host[:port][/topic]`` (topic ``device-events`` by default).
+        target: ``kafka://host[:port][/topic][?pack=N]`` (topic ``device-events`` by default).
         timeout_s: how long librdkafka keeps trying a message.
         linger_ms: how long librdkafka gathers messages before a request.
     """
 
     def __init__(self, target: str, *, timeout_s: float = 15.0, linger_ms: int = 5) -> None:
-        endpoint = parse_kafka_url(target)
+        endpoint, self.pack = parse_kafka_target(target)
         self.bootstrap = endpoint.bootstrap
         self.topic = endpoint.topic
         self.timeout_s = timeout_s
@@ -358,12 +425,12 @@ class KafkaTransport:
             msg = "KafkaTransport.send() before start()"
             raise RuntimeError(msg)
         futures: list[asyncio.Future[None]] = []
-        for device, messages in by_device(batch).items():
+        for key, messages in self._keyed(batch):
             fut: asyncio.Future[None] = self._loop.create_future()
             body = msgspec.json.encode(messages)
             while True:
                 try:
-                    self._producer.produce(self.topic, body, key=device, on_delivery=self._reporter(fut))
+                    self._producer.produce(self.topic, body, key=key, on_delivery=self._reporter(fut))
                     break
                 except BufferError:  # librdkafka's queue is full: let deliveries drain it
                     await asyncio.sleep(0.05)
@@ -374,6 +441,17 @@ class KafkaTransport:
             msg = f"{len(failed)} of {len(futures)} Kafka messages to {self.topic} failed: {failed[0]}"
             raise DeliveryFailed(msg)
         self.published += len(futures)
+
+    def _keyed(self, batch: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+        """(key, messages) per Kafka message: per device, or packs per bucket of devices."""
+        if not self.pack:
+            return list(by_device(batch).items())
+        buckets: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for message in batch:
+            buckets[bucket_of(str(message.get("device_id", "")))].append(message)
+        # "pack/<n>" is not a device id ('/' is not allowed in one): the server reads the ids
+        # from the payload instead of checking them against the key.
+        return [(f"pack/{b}", part) for b, ms in buckets.items() for part in packed(ms, self.pack)]
 
     def _reporter(self, fut: asyncio.Future[None]) -> Any:
         loop = self._loop

@@ -26,6 +26,7 @@ from fleetstream.simulator.delivery import DeliveryOptions, parse_duration
 from fleetstream.simulator.failures import failure_rows, write_failures
 from fleetstream.simulator.fleet import parse_kinds
 from fleetstream.simulator.lifecycle import LifecycleOptions
+from fleetstream.simulator.realhost import real_host_for
 from fleetstream.simulator.simulator import Simulator
 from fleetstream.simulator.tracker import Region
 from fleetstream.simulator.transports import transport_for
@@ -83,6 +84,7 @@ def simulate(
     failure_rate: float = 0.5,
     failures: Path | None = None,
     region: str | None = None,
+    real_host: bool = False,
 ) -> int:
     """Run a simulated fleet against ``target`` and report progress until done or Ctrl-C.
 
@@ -124,6 +126,8 @@ def simulate(
         failures: write each degradation (degraded_at, failing_at, failed_at, recovered_at)
             to this file: CSV if it ends in ``.csv``, else JSON lines. Rewritten every 5 s and at the end.
         region: where trackers move, ``south,west,north,east`` in degrees.
+        real_host: add one device, ``host-<hostname>``, reporting this machine's real CPU load,
+            memory, temperatures and fans (psutil), sampled every 1/rate s (1 to 10 s).
 
     Returns:
         The exit code: 0 when every message was acknowledged, 1 when some were
@@ -168,6 +172,7 @@ def simulate(
             kinds=weights,
             lifecycle=life,
             region=box,
+            real_host=real_host_for(rate) if real_host else None,
         )
         if failures is not None:
             try:
@@ -201,7 +206,8 @@ def simulate(
 
     console.print(
         f"simulating {devices:,} devices at {rate:g} msg/s each "
-        f"(~{simulator.fleet.messages_per_s:,.0f} msg/s in all) → {target}"
+        + ("" if simulator.real_host is None else f"(+ {simulator.real_host.device_id}, this machine) ")
+        + f"(~{simulator.fleet.messages_per_s:,.0f} msg/s in all) → {target}"
         + ("" if duration is None else f" for {duration:g} s")
         + f"; seed {simulator.seed}"
         + _knobs(options, skew_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fleetstream.simulator.delivery import DeliveryOptions
+from fleetstream.simulator.realhost import real_host_for
 from fleetstream.simulator.shadow import ShadowAgent
 from fleetstream.simulator.simulator import Simulator
 from fleetstream.simulator.transports import InProcessTransport
@@ -34,6 +35,7 @@ def add_simulator(runtime: Runtime) -> Simulator:
             late_delay_s=settings.late_delay_s,
         ),
         clock_skew_s=settings.clock_skew_s,
+        real_host=real_host_for(settings.rate) if settings.real_host else None,
     )
     runtime.extras.append(simulator)
     runtime.extras.append(ShadowAgent(runtime.engine, simulator))  # devices follow their desired state

@@ -37,6 +37,7 @@ from fleetstream.simulator.delivery import (
 )
 from fleetstream.simulator.fleet import Fleet
 from fleetstream.simulator.lifecycle import LifecycleOptions
+from fleetstream.simulator.realhost import RealHost
 from fleetstream.simulator.tracker import Region
 from fleetstream.simulator.transports import Transport
 from fleetstream.simulator.truth import GroundTruth
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _LOG_EVERY_S = 10.0
 _RATE_WINDOW_S = 5
+_SPAN_TICKS = 5  # the most fleet time one tick of the loop generates, in ticks
 
 
 class Simulator:
@@ -72,6 +74,7 @@ class Simulator:
         truth: counts every distinct message the server acknowledged, per event-time window.
         lifecycle: failure, offline and maintenance rates of the devices (None: the defaults).
         region: where trackers move (None: around Amsterdam).
+        real_host: one extra device reporting this machine's real sensors (``--real-host``).
 
     Counters (messages): ``generated``; ``sent`` (handed to the transport,
     second copies included); ``acknowledged``; ``errors`` (rejected, or
@@ -109,6 +112,7 @@ class Simulator:
         truth: GroundTruth | None = None,
         lifecycle: LifecycleOptions | None = None,
         region: Region | None = None,
+        real_host: RealHost | None = None,
     ) -> None:
         if batch_size < 1 or max_in_flight < 1 or not tick_s > 0:
             msg = "batch_size and max_in_flight must be >= 1, tick_s > 0"
@@ -120,6 +124,7 @@ class Simulator:
         )
         self.delivery = Delivery(delivery or DeliveryOptions(), self.seed)
         self.truth = truth
+        self.real_host = real_host
         self.device_rate = rate
         self.clock = clock
         self.transport = transport
@@ -194,6 +199,8 @@ class Simulator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.real_host is not None:
+            self.real_host.cancel()
         released, unsent = self.delivery.release(self.clock.monotonic())
         self._enqueue(released)
         self.late_unsent += unsent
@@ -225,6 +232,8 @@ class Simulator:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if self.real_host is not None:
+            self.real_host.cancel()
         self._paused_at = self.clock.monotonic()
         await self.flush(flush_timeout_s)
 
@@ -253,20 +262,31 @@ class Simulator:
         finally:
             await self.stop()
 
-    async def tick(self) -> int:
-        """One pass of the loop: queue the messages due by now and send batches; how many were due."""
+    async def tick(self, max_span_s: float | None = None) -> int:
+        """One pass of the loop: queue the messages due by now and send batches; how many were due.
+
+        Args:
+            max_span_s: generate at most this much of the fleet's time (None: all of it up to
+                now); the rest comes in the next ticks, or is skipped once more than
+                ``max_lag_s`` behind. The loop passes ``5 * tick_s``.
+        """
         now = self.clock.monotonic()
         if self._origin is None:
             self._origin = now
         elapsed = now - self._origin
-        if elapsed - self._until > self.max_lag_s:
+        start = self._until
+        if elapsed - start > self.max_lag_s:
             skipped = self.fleet.skip(elapsed - self.max_lag_s)
             self.dropped += skipped
+            start = elapsed - self.max_lag_s
             log.warning(
                 "the simulator stalled for %.1f s: %d messages not sent", elapsed - self._until, skipped
             )
-        messages = self.fleet.advance(elapsed, self.clock.now_us())
-        self._until = elapsed
+        until = elapsed if max_span_s is None else min(elapsed, start + max_span_s)
+        messages = self.fleet.advance(until, self.clock.now_us())
+        if self.real_host is not None:
+            messages.extend(self.real_host.poll(until, self.clock.now_us()))
+        self._until = until
         self.generated += len(messages)
         if self._tagged:
             delivery = self.delivery
@@ -317,7 +337,10 @@ class Simulator:
     async def _loop(self) -> None:
         next_tick = self.clock.monotonic()
         while True:
-            await self.tick()
+            # A bounded span per tick: when the process gets less CPU than the fleet needs, one
+            # slow tick would make the next larger and so on, each holding the event loop (no
+            # sends, no progress) for seconds; bounded, sends run between ticks.
+            await self.tick(max_span_s=_SPAN_TICKS * self.tick_s)
             next_tick += self.tick_s
             delay = next_tick - self.clock.monotonic()
             if not 0 <= delay <= self.tick_s:  # behind (a slow tick) or the clock jumped: resync
