@@ -27,7 +27,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-from fleetstream.config import EngineSettings, StreamSettings
+from fleetstream.config import EngineSettings, PredictorSettings, StreamSettings
 from fleetstream.domain.alerts import AlertChange
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
@@ -37,6 +37,7 @@ from fleetstream.domain.stats import LiveStats, RateMeter
 from fleetstream.domain.twin import DeviceEvent
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
+from fleetstream.engine.model_control import ModelControl
 from fleetstream.engine.processors import StreamProcessors
 from fleetstream.engine.rule_control import RuleControl
 from fleetstream.engine.webhooks import WebhookSender, WebhookSettings
@@ -59,6 +60,7 @@ class Engine:
         clock: Clock,
         settings: EngineSettings,
         stream: StreamSettings | None = None,
+        predictor: PredictorSettings | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -75,6 +77,7 @@ class Engine:
             WebhookSettings(attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s)
         )
         self.rules = RuleControl(self)
+        self.models = ModelControl(self, predictor)
         self._pending = Derived()
         self._last_checkpoint = 0.0
         self._checkpoint_every = self.settings.checkpoint_interval_s
@@ -98,6 +101,7 @@ class Engine:
             self.dedup.remember([key for key, _ in recent], [ts for _, ts in recent])
         self.sensors_seen = await self.store.sensors()
         await self.rules.load()
+        await self.models.load()
         await self._recover()
         await self.rules.after_recovery()
         await self.webhooks.start()
@@ -124,6 +128,7 @@ class Engine:
             except Exception:
                 log.exception("storing the final checkpoint failed; the next start replays more of the log")
         await self.webhooks.stop()
+        await self.models.stop()
         self.hub.close()
         self.windows.close()
         self.events.close()
@@ -147,6 +152,7 @@ class Engine:
                 log.warning("ignoring an unreadable checkpoint (%s): replaying the whole log", exc)
                 self.processors = StreamProcessors(self.stream)
                 self.rules.configure(self.processors)
+                self.models.configure(self.processors)
         start = self.processors.position
         self.processors.rules.replaying = True
         started = self.clock.monotonic()
@@ -180,6 +186,7 @@ class Engine:
             await asyncio.sleep(interval)
             try:
                 await self.tick()
+                await self.models.reload()
                 due = self.clock.monotonic() - self._last_checkpoint >= self._checkpoint_every
                 await self._flush(checkpoint=due)
             except asyncio.CancelledError:
