@@ -75,7 +75,8 @@ def test_closed_windows_score_the_device_and_open_then_clear_the_alert_and_a_res
         await h.store.save_model_round(temperature_model(1, 70.0))
         async with h:
             engine = h.runtime.engine
-            assert engine.models.choice is not None and engine.models.choice.round == 1
+            assert engine.models.choice is not None
+            assert engine.models.choice.round == 1
             await feed(h, "host-1", 0, 30, {**NORMAL, "temperature": 60.0})  # windows 0-10, 10-20 closed
             risk = failure_risk(engine, "host-1")
             assert risk == {
@@ -98,7 +99,8 @@ def test_closed_windows_score_the_device_and_open_then_clear_the_alert_and_a_res
         await again.start()
         try:
             stage = again.engine.processors.prediction
-            assert stage.predictor is not None and stage.predictor.active() == {"host-1": (BASE_S + 40) * S}
+            assert stage.predictor is not None
+            assert stage.predictor.active() == {"host-1": (BASE_S + 40) * S}
             assert failure_risk(again.engine, "host-1")["score"] == round(sigmoid(5.0), 4)  # type: ignore[index]
             assert h.store.events == events_before
             # Back to normal: the risk falls below clear_at (0.5 x 0.6) and the alert clears.
@@ -136,7 +138,8 @@ def test_a_new_registry_round_is_used_without_a_restart() -> None:
             assert await engine.models.reload(force=True)
             await feed(h, "host-1", 21, 10, {**NORMAL, "temperature": 60.0})  # closes 20-30
             risk = failure_risk(engine, "host-1")
-            assert risk is not None and (risk["score"], risk["model_round"]) == (round(sigmoid(5.0), 4), 2)
+            assert risk is not None
+            assert (risk["score"], risk["model_round"]) == (round(sigmoid(5.0), 4), 2)
             assert engine.models.status()["model"] == {"round": 2, "version": "test-r2"}
 
     asyncio.run(scenario())
@@ -144,7 +147,8 @@ def test_a_new_registry_round_is_used_without_a_restart() -> None:
 
 def test_the_shipped_model_scores_a_failing_host_above_its_threshold() -> None:
     shipped = default_model()
-    assert shipped.round is None and 0 < shipped.threshold < 1
+    assert shipped.round is None
+    assert 0 < shipped.threshold < 1
 
     async def scenario() -> None:
         async with Harness(settings(), start_us=(BASE_S + 400) * S) as h:
@@ -152,10 +156,12 @@ def test_the_shipped_model_scores_a_failing_host_above_its_threshold() -> None:
             assert engine.models.status()["model"] == {"round": None, "version": shipped.version}
             await feed(h, "host-1", 0, 121, NORMAL)  # 12 normal windows: the baseline
             calm = failure_risk(engine, "host-1")
-            assert calm is not None and calm["score"] < 0.1
+            assert calm is not None
+            assert calm["score"] < 0.1
             await feed(h, "host-1", 121, 20, FAILING)
             hot = failure_risk(engine, "host-1")
-            assert hot is not None and hot["score"] >= shipped.threshold
+            assert hot is not None
+            assert hot["score"] >= shipped.threshold
             await engine.flush()
             assert [a.rule_id for a in h.store.alerts.values()] == ["failure_predicted"]
             assert failure_risk(engine, "nobody") is None
