@@ -20,9 +20,15 @@ from fleetstream.domain.failure_truth import Outage
 from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.timeutil import us_to_iso
 from fleetstream.engine.pipeline import Engine
-from fleetstream.errors import ConfigError, InvalidInput, NotFound
+from fleetstream.errors import ConfigError, InvalidDefinition, NotFound
 
 router = APIRouter(tags=["prediction"])
+
+
+class TrainingRefused(InvalidDefinition):
+    """A training request that cannot run as given (422)."""
+
+    code = "invalid_training"
 
 
 class TrainRequest(BaseModel):
@@ -88,19 +94,19 @@ async def train(body: TrainRequest, engine: EngineDep, runtime: RuntimeDep) -> d
     Follow it with `GET /api/v1/models/train`."""
     if not engine.models.enabled:
         msg = "failure prediction is off (--no-predictor, or its window size is not in stream.windows)"
-        raise InvalidInput(msg)
+        raise TrainingRefused(msg)
     if body.failures is not None:
         from fleetstream.predictor_training import load_outages
 
         try:
             truth = load_outages(FilePath(body.failures))
         except ConfigError as exc:
-            raise InvalidInput(exc.message) from None
+            raise TrainingRefused(exc.message) from None
     else:
         found = _simulator_truth(runtime)
         if found is None:
             msg = "no ground truth: give `failures` (a failures file on the server) or run the simulator"
-            raise InvalidInput(msg)
+            raise TrainingRefused(msg)
         truth = found
     job = engine.models.train(truth, {"rounds": body.rounds, "sites": body.sites, "epochs": body.epochs})
     return {"training": engine.models.status()["training"], "status": "/api/v1/models/train", "id": job.id}
