@@ -7,6 +7,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from fleetstream.api.routes.models import failure_risk
 from fleetstream.config import Settings
 from fleetstream.domain.features import FeatureExtractor
@@ -123,6 +125,46 @@ def _json(body: Any) -> bytes:
     import msgspec
 
     return msgspec.json.encode(body)
+
+
+@pytest.mark.parametrize("twins_stored_ahead", [False, True])
+def test_a_crash_replays_to_the_same_prediction_alerts_and_events(twins_stored_ahead: bool) -> None:
+    async def scenario() -> None:
+        h = Harness(settings(), start_us=(BASE_S + 200) * S)
+        await h.store.save_model_round(temperature_model(1, 70.0))
+        await h.runtime.start()
+        engine = h.runtime.engine
+        await feed(h, "host-1", 0, 21, {**NORMAL, "temperature": 60.0})
+        await engine.flush()  # the checkpoint: before the alert
+        # Window 20-30 has one reading at 60 and nine at 75 (mean 73.5): it opens at 30; window
+        # 40-50 has one at 75 and nine at 60 (mean 61.5): it clears at 50.
+        await feed(h, "host-1", 21, 20, {**NORMAL, "temperature": 75.0})
+        await feed(h, "host-1", 41, 9, {**NORMAL, "temperature": 60.0})
+        await feed(h, "pump", 50, 1, {"pressure": 2.0})  # another device's reading closes 40-50
+        if twins_stored_ahead:
+            engine._twins_stored = float("-inf")
+            await engine.store_twins()
+        await engine._flush(checkpoint=False)
+        events = dict(h.store.events)
+        alerts = {k: a.to_state() for k, a in h.store.alerts.items()}
+        assert alert_kinds(h.store, "host-1") == [
+            ((BASE_S + 30) * S, "alert_opened"),
+            ((BASE_S + 50) * S, "alert_cleared"),
+        ]
+        for task in (engine._task, engine._flusher):  # the crash: nothing more is stored
+            assert task is not None
+            task.cancel()
+        again = Runtime(settings(), store=h.store, clock=h.clock)
+        await again.start()
+        try:
+            assert again.engine.replayed > 0
+            assert h.store.events == events
+            assert {k: a.to_state() for k, a in h.store.alerts.items()} == alerts
+            assert failure_risk(again.engine, "host-1")["score"] == round(sigmoid(-8.5), 4)  # type: ignore[index]
+        finally:
+            await again.stop()
+
+    asyncio.run(scenario())
 
 
 def test_a_new_registry_round_is_used_without_a_restart() -> None:
