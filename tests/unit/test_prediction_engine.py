@@ -231,3 +231,17 @@ def test_without_windows_of_its_size_the_predictor_is_off() -> None:
             assert h.runtime.engine.processors.prediction.predictor is None
 
     asyncio.run(scenario())
+
+
+def test_a_round_the_predictor_cannot_use_is_skipped_with_the_one_before_it_used() -> None:
+    async def scenario() -> None:
+        h = Harness(settings(), start_us=(BASE_S + 200) * S)
+        await h.store.save_model_round(temperature_model(1, 70.0))
+        odd = LogisticModel(("x",), [0.0], [1.0], [1.0], 0.0)
+        await h.store.save_model_round(ModelRound(2, "other-features", odd.to_dict(), 1, 1, {}, 0))
+        bad = temperature_model(3, 70.0)
+        await h.store.save_model_round(ModelRound(3, "zero", bad.params, 1, 1, {"threshold": 0.0}, 0))
+        async with h:
+            assert h.runtime.engine.models.status()["model"] == {"round": 1, "version": "test-r1"}
+
+    asyncio.run(scenario())

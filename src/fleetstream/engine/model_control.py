@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from fleetstream.config import PredictorSettings
 from fleetstream.domain.failure_truth import Outage
+from fleetstream.domain.features import HOST_SENSORS, FeatureExtractor
 from fleetstream.domain.federated import ModelRound
+from fleetstream.domain.timeutil import us_to_iso
 from fleetstream.engine.prediction import ModelChoice, default_model
 from fleetstream.errors import Conflict, FleetstreamError
 
@@ -165,15 +167,22 @@ class ModelControl:
 def _choice(r: ModelRound) -> ModelChoice:
     threshold = r.metrics.get("threshold")
     base = default_model().threshold if threshold is None else float(threshold)
-    return ModelChoice(r.model(), base, r.round, r.version)
+    if not 0.0 < base <= 1.0:
+        msg = f"its threshold metric {base} is not in (0, 1]"
+        raise ValueError(msg)
+    model = r.model()
+    if model.features != FeatureExtractor(HOST_SENSORS).names:
+        msg = "its features are not the host features the predictor computes"
+        raise ValueError(msg)
+    return ModelChoice(model, base, r.round, r.version)
 
 
 def _job_json(job: TrainingJob) -> dict[str, Any]:
     return {
         "id": job.id,
         "state": job.state,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
+        "started_at": us_to_iso(round(job.started_at * 1_000_000)),
+        "finished_at": None if job.finished_at is None else us_to_iso(round(job.finished_at * 1_000_000)),
         "rounds": job.rounds,
         "error": job.error,
         "options": job.options,

@@ -33,6 +33,7 @@ from fleetstream.domain.window_records import ALL_DEVICES, WindowAggregate
 DEFAULT_MODEL_FILE = "default_failure_model.json"
 DEFAULT_THRESHOLD = 0.5  # a registry round that names no validated threshold
 SNAPSHOT_FORMAT = 1
+CLEAR_RATIO = 0.6  # an alert clears below this share of the threshold (FailurePredictor's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +91,17 @@ class PredictionStage:
             ValueError: the model's features are not the host features, or a bad threshold.
         """
         open_at = choice.threshold if threshold is None else threshold
+        if not 0.0 < open_at <= 1.0:
+            msg = f"the alert threshold must be in (0, 1], got {open_at}"
+            raise ValueError(msg)
         if self.predictor is None:
             extractor = FeatureExtractor(HOST_SENSORS, size_us=self.size_us)
-            self.predictor = FailurePredictor(choice.model, extractor, open_at=open_at)
+            self.predictor = FailurePredictor(
+                choice.model, extractor, open_at=open_at, clear_at=open_at * CLEAR_RATIO
+            )
         else:
             self.predictor.set_model(choice.model)
-            probe = FailurePredictor(None, self.predictor.extractor, open_at=open_at)  # checks the threshold
-            self.predictor.open_at, self.predictor.clear_at = probe.open_at, probe.clear_at
+            self.predictor.open_at, self.predictor.clear_at = open_at, open_at * CLEAR_RATIO
         self.choice = choice
 
     def on_windows(self, windows: Iterable[WindowAggregate]) -> list[RuleTransition]:
