@@ -146,6 +146,17 @@ def up(
             help="seconds an emitted window still takes late readings, as a new version (default 30)",
         ),
     ] = None,
+    predictor: Annotated[
+        bool | None,
+        typer.Option(envvar="FLEETSTREAM_PREDICTOR__ENABLED", help="score failure risk (docs/prediction.md)"),
+    ] = None,
+    predictor_threshold: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FLEETSTREAM_PREDICTOR__THRESHOLD",
+            help="risk that opens a failure_predicted alert (default: the model's validated threshold)",
+        ),
+    ] = None,
 ) -> None:
     """Run everything in one process: HTTP API, ingest, processors, DuckDB store, simulator.
 
@@ -178,6 +189,7 @@ def up(
             stream=_given(
                 windows=window, out_of_orderness_s=out_of_orderness, allowed_lateness_s=allowed_lateness
             ),
+            predictor=_given(enabled=predictor, threshold=predictor_threshold),
         )
     except ConfigError as exc:
         raise _fail(exc.message) from None

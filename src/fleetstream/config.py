@@ -131,6 +131,21 @@ class SimulatorSettings(_Group):
     real_host: bool = Field(False, description="one extra device with this machine's real sensors (psutil)")
 
 
+class PredictorSettings(_Group):
+    """The failure predictor in the running engine (docs/prediction.md)."""
+
+    enabled: bool = True
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="risk that opens a failure_predicted alert (default: the model's)"
+    )
+    window_s: Seconds = Field(
+        60.0, gt=0, description="window size the predictor reads (off unless in stream.windows)"
+    )
+    reload_s: Seconds = Field(
+        10.0, gt=0, description="how often the model registry is checked for a new round"
+    )
+
+
 class Settings(BaseSettings):
     """All of fleetstream's settings."""
 
@@ -156,6 +171,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     stream: StreamSettings = StreamSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    predictor: PredictorSettings = PredictorSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -54,7 +54,9 @@ class Runtime:
             ack_timeout_s=settings.ingest.ack_timeout_s,
         )
         self.hub = Hub(self.clock.monotonic)
-        self.engine = Engine(self.bus, self.store, self.hub, self.clock, settings.engine, settings.stream)
+        self.engine = Engine(
+            self.bus, self.store, self.hub, self.clock, settings.engine, settings.stream, settings.predictor
+        )
         self.gateway = Gateway(self.bus, self.clock, settings.ingest)
         self.device_types = UserTypes(settings.data / DEVICE_TYPES_FILE)
         self.gateway.user_types = self.device_types

@@ -22,6 +22,7 @@ from fleetstream.domain.alerts import AlertBook, AlertChange
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.geometry import Zone
 from fleetstream.domain.rulebook import Rule, RuleBook, RuleOutput
+from fleetstream.domain.rules import RuleTransition
 from fleetstream.domain.twin import DeviceEvent, TwinProcessor
 
 ALERT_EVENTS = {"opened": "alert_opened", "escalated": "alert_escalated", "cleared": "alert_cleared"}
@@ -103,6 +104,21 @@ class RuleStage:
                 if len(last) == len(wanted):
                     break
         return self._emit(output, twins, last, ahead)
+
+    def on_predictions(
+        self, transitions: list[RuleTransition], twins: TwinProcessor, position: int, ahead: frozenset[str]
+    ) -> list[DeviceEvent]:
+        """Open and clear ``failure_predicted`` alerts (the predictor's transitions) like a rule's.
+
+        In a replay, a twin stored after this point of the log already has these events.
+        """
+        if self.replaying:
+            ahead = ahead | {
+                t.device_id
+                for t in transitions
+                if (twin := twins.get(t.device_id)) is not None and twin.position > position
+            }
+        return self._emit(RuleOutput(transitions=transitions), twins, position, ahead)
 
     def on_time(self, twins: TwinProcessor, position: int) -> list[DeviceEvent]:
         """Deadlines due by the partition time (which the twins move on with the wall clock when quiet)."""

@@ -29,7 +29,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-from fleetstream.config import EngineSettings, StreamSettings
+from fleetstream.config import EngineSettings, PredictorSettings, StreamSettings
 from fleetstream.domain.alerts import AlertChange
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock
@@ -39,6 +39,7 @@ from fleetstream.domain.stats import LiveStats, RateMeter
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
+from fleetstream.engine.model_control import ModelControl
 from fleetstream.engine.processors import StreamProcessors
 from fleetstream.engine.rule_control import RuleControl
 from fleetstream.engine.shadow import ShadowUpdates
@@ -62,6 +63,7 @@ class Engine(ShadowUpdates):
         clock: Clock,
         settings: EngineSettings,
         stream: StreamSettings | None = None,
+        predictor: PredictorSettings | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -78,6 +80,7 @@ class Engine(ShadowUpdates):
             WebhookSettings(attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s)
         )
         self.rules = RuleControl(self)
+        self.models = ModelControl(self, predictor)
         self._pending = Derived()
         self._last_checkpoint = 0.0
         self._checkpoint_every = self.settings.checkpoint_interval_s
@@ -104,6 +107,7 @@ class Engine(ShadowUpdates):
             self.dedup.remember([key for key, _ in recent], [ts for _, ts in recent])
         self.sensors_seen = await self.store.sensors()
         await self.rules.load()
+        await self.models.load()
         await self._recover()
         await self.rules.after_recovery()
         await self.webhooks.start()
@@ -130,6 +134,7 @@ class Engine(ShadowUpdates):
             except Exception:
                 log.exception("storing the final checkpoint failed; the next start replays more of the log")
         await self.webhooks.stop()
+        await self.models.stop()
         self.hub.close()
         self.windows.close()
         self.events.close()
@@ -153,6 +158,7 @@ class Engine(ShadowUpdates):
                 log.warning("ignoring an unreadable checkpoint (%s): replaying the whole log", exc)
                 self.processors = StreamProcessors(self.stream)
                 self.rules.configure(self.processors)
+                self.models.configure(self.processors)
         start = self.processors.position
         self.processors.rules.replaying = True
         started = self.clock.monotonic()
@@ -186,6 +192,7 @@ class Engine(ShadowUpdates):
             await asyncio.sleep(interval)
             try:
                 await self.tick()
+                await self.models.reload()
                 due = self.clock.monotonic() - self._last_checkpoint >= self._checkpoint_every
                 await self._flush(checkpoint=due)
             except asyncio.CancelledError:

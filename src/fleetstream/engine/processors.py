@@ -20,10 +20,12 @@ from fleetstream.domain.alerts import AlertChange
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.geometry import Zone
 from fleetstream.domain.rulebook import Rule
+from fleetstream.domain.rules import RuleTransition
 from fleetstream.domain.stats import LiveStats
 from fleetstream.domain.twin import DeviceTwin, TwinProcessor, TwinSettings
 from fleetstream.domain.windows import WindowOutput, WindowProcessor, WindowSettings
 from fleetstream.engine.alerting import RuleStage
+from fleetstream.engine.prediction import PredictionStage
 from fleetstream.ports import Derived
 
 _S = 1_000_000
@@ -61,16 +63,18 @@ class StreamProcessors:
         self.twins = TwinProcessor(twin_settings(stream))
         self.stats = LiveStats()
         self.rules = RuleStage()
+        self.prediction = PredictionStage()  # off until the engine gives it a model
         self.alert_changes: list[AlertChange] = []  # taken by the engine for live subscribers
         self.position = 0  # log position of the last record processed
 
     def on_batch(self, batch: Batch, now_us: int) -> Derived:
         """Process a durable batch (rows in log order, then its reading-less messages)."""
         out = Derived()
+        predicted: list[RuleTransition] = []
         if len(batch):
             self.stats.add(batch.device_id, batch.sensor, batch.value, batch.ts)
             seq = batch.seq or [0] * len(batch)
-            self._add_windows(
+            predicted = self._add_windows(
                 out,
                 self.windows.on_batch(
                     batch.device_id, batch.sensor, batch.value, batch.ts, batch.received_at, seq, now_us
@@ -80,17 +84,21 @@ class StreamProcessors:
         rule_events = self.rules.before_batch(self.twins, self.position)
         out.events = rule_events + self.twins.on_batch(batch, now_us)
         out.events += self.rules.on_batch(batch, self.twins, ahead)
-        self._add_alerts(out)
         last = max(batch.seq[-1] if batch.seq else 0, batch.events[-1].seq if batch.events else 0)
         self.position = max(self.position, last)
+        if predicted:
+            out.events += self.rules.on_predictions(predicted, self.twins, self.position, ahead)
+        self._add_alerts(out)
         return out
 
     def on_timer(self, now_us: int) -> Derived:
         """Let wall-clock time pass: idle windows close, silent devices change status, twins leave memory."""
         out = Derived()
-        self._add_windows(out, self.windows.on_timer(now_us))
+        predicted = self._add_windows(out, self.windows.on_timer(now_us))
         events, evicted = self.twins.on_timer(now_us)
         out.events = events + self.rules.on_time(self.twins, self.position)
+        if predicted:
+            out.events += self.rules.on_predictions(predicted, self.twins, self.position, frozenset())
         out.twins = evicted
         self._add_alerts(out)
         return out
@@ -135,6 +143,7 @@ class StreamProcessors:
             "twins": self.twins.snapshot(),
             "stats": self.stats.to_state(),
             "rules": self.rules.snapshot(),
+            "prediction": self.prediction.snapshot(),
         }
         return msgspec.msgpack.encode(state)
 
@@ -154,6 +163,7 @@ class StreamProcessors:
         self.stats = LiveStats.from_state(state["stats"])
         if "rules" in state:  # checkpoints written before rules existed have none
             self.rules.restore(state["rules"])
+        self.prediction.restore(state.get("prediction"))  # None: written before prediction ran
 
     @staticmethod
     def resident_ids(blob: bytes) -> list[str]:
@@ -161,7 +171,8 @@ class StreamProcessors:
         state = msgspec.msgpack.decode(blob)
         return list(state["twins"].get("resident", []))
 
-    @staticmethod
-    def _add_windows(out: Derived, result: WindowOutput) -> None:
+    def _add_windows(self, out: Derived, result: WindowOutput) -> list[RuleTransition]:
+        """Add emitted windows to ``out``; the predictor's transitions for the closed ones."""
         out.windows += result.windows
         out.late.extend(result.late)
+        return self.prediction.on_windows(result.windows) if result.windows else []

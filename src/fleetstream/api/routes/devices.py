@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from fleetstream.api.deps import EngineDep, StoreDep
 from fleetstream.api.routes.live import sse_response
+from fleetstream.api.routes.models import failure_risk
 from fleetstream.api.routes.query import split_values, time_param
 from fleetstream.domain.records import DEVICE_ID_RULE, is_valid_device_id
 from fleetstream.domain.shadow import Document, delta, pick
@@ -156,7 +157,8 @@ async def get_device(
     etag = f'"{twin.version}-{twin.readings}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    return Response(_encode(twin_json(twin)), media_type="application/json", headers={"ETag": etag})
+    body = {**twin_json(twin), "failure_risk": failure_risk(engine, device_id)}  # not an event: no version
+    return Response(_encode(body), media_type="application/json", headers={"ETag": etag})
 
 
 async def twin_as_of(engine: Engine, store: Store, device_id: str, at: int) -> DeviceTwin:

@@ -1,4 +1,6 @@
-"""The model registry: ``GET /api/v1/models`` and ``GET /api/v1/models/{round}``.
+"""The model registry (``GET /api/v1/models``, ``GET /api/v1/models/{round}``), training while
+the server runs (``POST /api/v1/models/train``, ``GET /api/v1/models/train``) and the running
+predictor's scores (``GET /api/v1/models/scores``).
 
 Each federated training round of the failure predictor (``fleetstream train``,
 docs/prediction.md) is stored with its averaged model and its metrics.
@@ -6,16 +8,141 @@ docs/prediction.md) is stored with its averaged model and its metrics.
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+import msgspec
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from fleetstream.api.deps import StoreDep
+from fleetstream.api.deps import EngineDep, RuntimeDep, StoreDep
+from fleetstream.domain.failure_truth import Outage
 from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.timeutil import us_to_iso
-from fleetstream.errors import NotFound
+from fleetstream.engine.pipeline import Engine
+from fleetstream.errors import ConfigError, InvalidDefinition, NotFound
 
 router = APIRouter(tags=["prediction"])
+
+
+class TrainingRefused(InvalidDefinition):
+    """A training request that cannot run as given (422)."""
+
+    code = "invalid_training"
+
+
+class TrainRequest(BaseModel):
+    """What to train: federated rounds over sites, and where the ground truth comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(10, ge=1, le=200, description="federated rounds")
+    sites: int = Field(4, ge=1, le=1000, description="devices hashed into this many sites")
+    epochs: int = Field(10, ge=1, le=1000, description="local gradient steps per round")
+    failures: str | None = Field(
+        None,
+        description="failures file on the server (JSON lines or .csv); default: the built-in simulator's",
+    )
+
+
+def failure_risk(engine: Engine, device_id: str) -> dict[str, Any] | None:
+    """The device's current failure risk as its twin shows it (None: not scored)."""
+    risk = engine.processors.prediction.risk(device_id)
+    if risk is None:
+        return None
+    at = risk.pop("at_us")
+    return {**risk, "at": us_to_iso(at)}
+
+
+def _simulator_truth(runtime: Any) -> dict[str, list[Outage]] | None:
+    simulator = runtime.info.get("simulator")
+    if simulator is None:
+        return None
+    fleet = simulator.fleet
+    origin = fleet.origin_us or 0
+
+    def at(seconds: float | None) -> int | None:
+        return None if seconds is None else origin + round(seconds * 1_000_000)
+
+    out: dict[str, list[Outage]] = {}
+    for e in fleet.life.episodes:
+        device_id = fleet.devices[e.device].device_id
+        outage = Outage(
+            device_id,
+            origin + round(e.degraded_at_s * 1e6),
+            at(e.failing_at_s),
+            at(e.failed_at_s),
+            at(e.recovered_at_s),
+        )
+        out.setdefault(device_id, []).append(outage)
+    return out
+
+
+@router.post(
+    "/api/v1/models/train",
+    status_code=202,
+    summary="Train the failure predictor on the stored windows now (in the background)",
+    responses={
+        409: {"description": "A training run is still going."},
+        422: {"description": "No ground truth."},
+    },
+)
+async def train(body: TrainRequest, engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Starts federated training on the windows stored so far, labelled with the built-in
+    simulator's failures (or the `failures` file given), and answers 202 at once. Each round is
+    stored in the registry; the running predictor switches to the newest when training ends.
+    Follow it with `GET /api/v1/models/train`."""
+    if not engine.models.enabled:
+        msg = "failure prediction is off (--no-predictor, or its window size is not in stream.windows)"
+        raise TrainingRefused(msg)
+    if body.failures is not None:
+        from fleetstream.predictor_training import load_outages
+
+        try:
+            truth = load_outages(FilePath(body.failures))
+        except ConfigError as exc:
+            raise TrainingRefused(exc.message) from None
+    else:
+        found = _simulator_truth(runtime)
+        if found is None:
+            msg = "no ground truth: give `failures` (a failures file on the server) or run the simulator"
+            raise TrainingRefused(msg)
+        truth = found
+    job = engine.models.train(truth, {"rounds": body.rounds, "sites": body.sites, "epochs": body.epochs})
+    return {"training": engine.models.status()["training"], "status": "/api/v1/models/train", "id": job.id}
+
+
+@router.get("/api/v1/models/train", summary="The running predictor's model and the last training run")
+async def training_status(engine: EngineDep) -> dict[str, Any]:
+    """`enabled`, `model` (`round`: null for the model shipped in the package, `version`),
+    `threshold`, `window_s`, and `training`: `state` (running, done, failed), `rounds` stored,
+    `error`."""
+    return engine.models.status()
+
+
+@router.get("/api/v1/models/scores", summary="Failure risk of every scored device, highest first")
+async def scores(
+    engine: EngineDep, limit: Annotated[int, Query(ge=1, le=100_000, description="most devices")] = 100
+) -> Response:
+    """`{"model", "threshold", "devices": [{"device_id", "score", "alert", "at"}]}`: `alert` is
+    true while the device has an open `failure_predicted` alert."""
+    stage = engine.processors.prediction
+    active = stage.predictor.active() if stage.predictor is not None else {}
+    ranked = sorted(stage.scores().items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    rows = []
+    for device_id, _ in ranked:
+        risk = failure_risk(engine, device_id) or {}
+        rows.append(
+            {
+                "device_id": device_id,
+                "score": risk.get("score"),
+                "alert": device_id in active,
+                "at": risk.get("at"),
+            }
+        )
+    status = engine.models.status()
+    body = {"model": status["model"], "threshold": status["threshold"], "devices": rows}
+    return Response(msgspec.json.encode(body), media_type="application/json")
 
 
 @router.get("/api/v1/models", summary="Training rounds of the failure predictor, with their metrics")
