@@ -18,7 +18,7 @@ from .test_store_contract import ADAPTERS
 
 @pytest.fixture(params=list(ADAPTERS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = ADAPTERS[request.param](tmp_path)
+    s = ADAPTERS[request.param](tmp_path, request)
     asyncio.run(s.start())
     yield s
     asyncio.run(s.close())

@@ -9,7 +9,9 @@ natural keys are primary keys, so each write is one binary COPY into a temporary
 - a window replaces the row of its key (size, device, start, sensor): one row per window;
 - a late reading (log position, window size) and a device event (device, sequence number) are
   added only when not stored yet;
-- a twin and the checkpoint replace their row.
+- a twin and the checkpoint replace their row;
+- an alert replaces the row of its id, keeping an acknowledgement stored since
+  (:mod:`~fleetstream.adapters.store.postgres_alerts`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetstream.adapters.store.postgres_alerts import write_alerts
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.ports import Checkpoint, Derived, EventQuery, WindowQuery
@@ -143,6 +146,8 @@ async def write_derived(con: Connection, derived: Derived, checkpoint: Checkpoin
             for t in twins
         ]
         await _upsert(con, "twins", _TWIN_COLUMNS, _TWIN_TYPES, rows, "device_id")
+    if derived.alerts:
+        await write_alerts(con, derived.alerts)
     if checkpoint is not None:
         await con.execute(
             """INSERT INTO checkpoints VALUES ('engine', %s, %s, %s)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from fleetstream.adapters.store import postgres_alerts as alerts
 from fleetstream.adapters.store import postgres_derived as derived
 from fleetstream.adapters.store.duckdb import _message_of
 from fleetstream.domain.buckets import Buckets
@@ -97,6 +98,7 @@ async def create_schema(con: Connection, version: int) -> str:
         await con.execute("SELECT pg_advisory_xact_lock(hashtext('fleetstream schema'))")
         await con.execute(DDL)
         await con.execute(derived.DDL)
+        await con.execute(alerts.DDL)
         cur = await con.execute("SELECT value FROM meta WHERE key = 'schema_version'")
         row = await cur.fetchone()
         if row is not None and int(row[0]) > version:
