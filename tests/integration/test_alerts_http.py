@@ -69,6 +69,14 @@ class Receiver:
         self.server.server_close()
 
 
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store_args(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """``up``'s store: the DuckDB file under ``--data``, or a fresh database of the session's PostgreSQL."""
+    if request.param == "duckdb":
+        return ()
+    return ("--store", request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
@@ -287,8 +295,10 @@ def test_every_rule_kind_alerts_on_sse_and_webhooks_then_survives_a_restart(
     assert (cleared["acknowledged_by"], cleared["cleared_at"]) == ("ana", at(20))
 
 
-def test_rule_and_zone_crud_and_bad_definitions(start: Callable[..., ServerProcess]) -> None:
-    srv = start()
+def test_rule_and_zone_crud_and_bad_definitions(
+    start: Callable[..., ServerProcess], store_args: tuple[str, ...]
+) -> None:
+    srv = start(*store_args)
     hot = {"id": "hot", "when": {"sensor": "temperature", "op": ">", "threshold": 80}}
     assert srv.call("POST", "/api/v1/rules", hot)[0] == 201
     status, body = srv.call("POST", "/api/v1/rules", hot)
@@ -434,10 +444,12 @@ def test_the_walkthrough_with_the_simulator(start: Callable[..., ServerProcess],
     assert (cleared["acknowledged_by"], cleared["ack_note"]) == ("ops", "replacing the fan")
 
 
-def test_a_killed_server_replays_to_the_same_alerts_and_events(start: Callable[..., ServerProcess]) -> None:
+def test_a_killed_server_replays_to_the_same_alerts_and_events(
+    start: Callable[..., ServerProcess], store_args: tuple[str, ...]
+) -> None:
     # One checkpoint right after start, none after: the restart replays everything below from the log.
     env = {"FLEETSTREAM_ENGINE__FLUSH_INTERVAL_S": "0.1", "FLEETSTREAM_ENGINE__CHECKPOINT_INTERVAL_S": "3600"}
-    srv = start(env=env)
+    srv = start(*store_args, env=env)
     time.sleep(1.0)  # the flusher's first round (0.1 s after start) stores that checkpoint first
     assert srv.call("POST", "/api/v1/zones", YARD)[0] == 201
     hot = {"id": "hot", "when": {"sensor": "temperature", "op": ">", "threshold": 80, "clear_at": 78}}
@@ -471,7 +483,7 @@ def test_a_killed_server_replays_to_the_same_alerts_and_events(start: Callable[.
     wait_for(lambda: {d: rule_events(srv, d) for d in expected} == expected)
     srv.stop("kill")
 
-    again = start(data=srv.data, env=env)
+    again = start(*store_args, data=srv.data, env=env)
     assert "replayed" in again.output()  # no checkpoint covered the readings: they were replayed
     assert {a["id"]: a for a in alerts(again)} == found
     assert {d: rule_events(again, d) for d in expected} == expected
