@@ -324,6 +324,24 @@ def test_rule_and_zone_crud_and_bad_definitions(
     assert "latitude 95 is outside [-90, 90]" in body["error"]["message"]
     assert srv.call("POST", "/api/v1/rules", raw=b"{not json")[0] == 400
     assert srv.call("POST", "/api/v1/rules", [1, 2])[0] == 422
+    # NUL characters: PostgreSQL text cannot hold them, so every store refuses them alike (never a 5xx).
+    status, body = srv.call("POST", "/api/v1/rules", {**hot, "id": "nul", "name": "Hot\u0000"})
+    assert (status, body["error"]["message"]) == (
+        422,
+        "name: NUL characters (\\u0000) are not allowed in a rule",
+    )
+    status, body = srv.call(
+        "POST", "/api/v1/zones", {**YARD, "rectangle": {**YARD["rectangle"], "no\u0000rth": 53.0}}
+    )
+    assert (status, body["error"]["message"]) == (
+        422,
+        "rectangle.no\u0000rth: NUL characters (\\u0000) are not allowed in a zone",
+    )
+    assert srv.call("PUT", "/api/v1/rules/h%00t", hot)[0] == 422  # the body's id is not the path's
+    assert srv.call("POST", "/api/v1/alerts/nope/ack", {"by": "a\u0000na"})[0] == 400
+    assert srv.call("GET", "/api/v1/alerts/nope%00")[0] == 404
+    assert srv.call("GET", "/api/v1/alerts?device_id=%00")[1]["alerts"] == []
+    assert srv.call("DELETE", "/api/v1/rules/h%00t")[0] == 404
 
     # Update, read back, delete.
     cooler = {**hot, "name": "Hot oven", "when": {"sensor": "temperature", "op": ">", "threshold": 70}}

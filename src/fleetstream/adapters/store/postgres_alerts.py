@@ -6,7 +6,9 @@ Functions over the writer or a reader connection of
 Alerts are upserted by id (a replay after a crash writes them again). An acknowledgement is made
 through the API, not the log, so a replayed copy of an alert that says less (``active``, no
 acknowledgement) never erases one stored since. Ids sort with ``COLLATE "C"``: the byte order
-DuckDB and Python use, whatever the database's locale.
+DuckDB and Python use, whatever the database's locale. PostgreSQL text cannot hold a NUL character
+(the API refuses one in definitions and acknowledgements), so a lookup by such a text finds nothing
+without asking the server, which would refuse the parameter.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ async def query_alerts(con: Connection, query: AlertQuery) -> tuple[int, list[Al
     """A page of alerts, newest opened first, and how many match."""
     where: list[str] = []
     params: list[Any] = []
+    if any(v is not None and "\0" in v for v in (query.state, query.device_id, query.rule_id)):
+        return 0, []
     for column, value in (("state", query.state), ("device_id", query.device_id), ("rule_id", query.rule_id)):
         if value is not None:
             where.append(f"{column} = %s")
@@ -159,6 +163,8 @@ async def query_alerts(con: Connection, query: AlertQuery) -> tuple[int, list[Al
 
 async def get_alert(con: Connection, alert_id: str) -> Alert | None:
     """One alert by id."""
+    if "\0" in alert_id:
+        return None
     cur = await con.execute(f"SELECT {_COLUMNS} FROM alerts WHERE id = %s", [alert_id])
     row = await cur.fetchone()
     return None if row is None else _alert(row)
@@ -188,7 +194,10 @@ async def put_definition(con: Connection, kind: str, def_id: str, definition: di
 
 async def delete_definition(con: Connection, kind: str, def_id: str) -> bool:
     """Remove one definition; whether it existed."""
-    cur = await con.execute(f"DELETE FROM {_table(kind)} WHERE id = %s RETURNING id", [def_id])
+    table = _table(kind)
+    if "\0" in def_id:
+        return False
+    cur = await con.execute(f"DELETE FROM {table} WHERE id = %s RETURNING id", [def_id])
     return bool(await cur.fetchall())
 
 
