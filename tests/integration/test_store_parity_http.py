@@ -146,5 +146,18 @@ def test_duckdb_and_postgresql_answer_every_query_the_same(
     assert all((a["device_id"], a["state"]) == ("pb", "cleared") for a in pb_cleared["alerts"])
     assert len(page_of_hot["alerts"]) == 3
     assert (rules["rules"], zones["zones"], models) == ([HOT], [YARD], {"models": [], "latest": None})
+    # A NUL character PostgreSQL cannot store: refused alike by both, the rest of the batch kept.
+    nul = [
+        {"device_id": "pa", "timestamp": at(650), "sensor": "temperature", "value": 1.0},
+        {"device_id": "pa", "timestamp": at(651), "sensor": "temp\u0000", "value": 1.0},
+    ]
+    d_answer, p_answer = (
+        duck.call("POST", "/api/v1/telemetry", nul),
+        pg.call("POST", "/api/v1/telemetry", nul),
+    )
+    assert d_answer == p_answer
+    assert d_answer[1]["rejected"] == [
+        {"index": 1, "error": "sensor: NUL characters (\\u0000) are not allowed"}
+    ]
     newest = every["alerts"][0]["id"]
     assert duck.call("GET", f"/api/v1/alerts/{newest}") == pg.call("GET", f"/api/v1/alerts/{newest}")
