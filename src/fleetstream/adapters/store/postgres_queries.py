@@ -194,10 +194,10 @@ def _filters(
     params: dict[str, Any] = {"start": start, "end": end}
     if sensors:
         where.append("sensor = ANY(%(sensors)s)")
-        params["sensors"] = list(sensors)
+        params["sensors"] = derived.storable(sensors)
     if device_ids:
         where.append("device_id = ANY(%(devices)s)")
-        params["devices"] = list(device_ids)
+        params["devices"] = derived.storable(device_ids)
     return " AND ".join(where), params
 
 
