@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fleetstream.adapters.store.duckdb import DuckDBStore
+from fleetstream.adapters.store.postgres import PostgresStore
 from fleetstream.domain.federated import LogisticModel, ModelRound
 from fleetstream.ports import Store
-from fleetstream.testing import InMemoryStore
+
+from .test_store_contract import ADAPTERS
 
 
-@pytest.fixture(params=["memory", "duckdb"])
+@pytest.fixture(params=list(ADAPTERS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = (
-        InMemoryStore() if request.param == "memory" else DuckDBStore(f"duckdb:///{tmp_path / 'm.duckdb'}")
-    )
+    s = ADAPTERS[request.param](tmp_path, request)
     asyncio.run(s.start())
     yield s
     asyncio.run(s.close())
@@ -39,19 +39,26 @@ def test_rounds_are_listed_oldest_first_and_a_saved_round_number_is_replaced(sto
     assert asyncio.run(store.list_model_rounds()) == [_round(1, 0.7), _round(2, 0.85), _round(3, 0.9)]
 
 
-def test_duckdb_keeps_rounds_across_reopen(tmp_path: Path) -> None:
-    url = f"duckdb:///{tmp_path / 'm.duckdb'}"
-
-    async def write_then_read() -> list[ModelRound]:
-        first = DuckDBStore(url)
+def _write_then_read(make: Callable[[], Store]) -> list[ModelRound]:
+    async def run() -> list[ModelRound]:
+        first = make()
         await first.start()
         await first.save_model_round(_round(1, 0.7))
         await first.close()
-        again = DuckDBStore(url)
+        again = make()
         await again.start()
         try:
             return await again.list_model_rounds()
         finally:
             await again.close()
 
-    assert asyncio.run(write_then_read()) == [_round(1, 0.7)]
+    return asyncio.run(run())
+
+
+def test_duckdb_keeps_rounds_across_reopen(tmp_path: Path) -> None:
+    url = f"duckdb:///{tmp_path / 'm.duckdb'}"
+    assert _write_then_read(lambda: DuckDBStore(url)) == [_round(1, 0.7)]
+
+
+def test_postgresql_keeps_rounds_across_reopen(postgres_url: str) -> None:
+    assert _write_then_read(lambda: PostgresStore(postgres_url)) == [_round(1, 0.7)]

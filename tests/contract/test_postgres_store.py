@@ -49,14 +49,37 @@ def test_the_schema_indexes_and_reopening(postgres_url: str) -> None:
                WHERE k.contype = 'p' AND c.relnamespace = 'public'::regnamespace"""
         ).fetchall()
     assert dict(keys) == {
+        "alerts": "PRIMARY KEY (id)",
         "checkpoints": "PRIMARY KEY (name)",
         "dead_letters": "PRIMARY KEY (id)",
         "device_events": "PRIMARY KEY (device_id, seq)",
         "late_readings": "PRIMARY KEY (seq, size_us)",
         "meta": "PRIMARY KEY (key)",
+        "model_rounds": "PRIMARY KEY (round)",
+        "rules": "PRIMARY KEY (id)",
         "twins": "PRIMARY KEY (device_id)",
         "windows": "PRIMARY KEY (size_us, device_id, start, sensor)",
+        "zones": "PRIMARY KEY (id)",
     }
+
+
+def test_a_schema_2_database_gains_the_alert_and_model_tables(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    call(store.start())
+    call(store.write(Batch.from_messages(DATA)))
+    call(store.close())
+    # As the release before alerts and the model registry left it.
+    with psycopg.connect(postgres_url, autocommit=True) as con:
+        con.execute("DROP TABLE alerts, rules, zones, model_rounds")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    again = PostgresStore(postgres_url)
+    call(again.start())
+    call(again.put_definition("rules", "hot", {"id": "hot"}))
+    assert call(again.definitions("rules")) == {"hot": {"id": "hot"}}
+    assert call(again.log_position()) == (4, 30 * S)  # the readings are still there
+    assert call(again.execute("SELECT value FROM meta WHERE key = 'schema_version'")) == [("3",)]
+    call(again.close())
 
 
 def test_a_newer_schema_is_refused(postgres_url: str) -> None:
@@ -64,7 +87,7 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         con.execute("INSERT INTO meta VALUES ('schema_version', '99')")
 
-    with pytest.raises(StoreError, match=r"newer fleetstream \(schema 99 > 2\)"):
+    with pytest.raises(StoreError, match=r"newer fleetstream \(schema 99 > 3\)"):
         call(PostgresStore(postgres_url).start())
 
 

@@ -69,6 +69,14 @@ class Receiver:
         self.server.server_close()
 
 
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store_args(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """``up``'s store: the DuckDB file under ``--data``, or a fresh database of the session's PostgreSQL."""
+    if request.param == "duckdb":
+        return ()
+    return ("--store", request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
@@ -287,8 +295,10 @@ def test_every_rule_kind_alerts_on_sse_and_webhooks_then_survives_a_restart(
     assert (cleared["acknowledged_by"], cleared["cleared_at"]) == ("ana", at(20))
 
 
-def test_rule_and_zone_crud_and_bad_definitions(start: Callable[..., ServerProcess]) -> None:
-    srv = start()
+def test_rule_and_zone_crud_and_bad_definitions(
+    start: Callable[..., ServerProcess], store_args: tuple[str, ...]
+) -> None:
+    srv = start(*store_args)
     hot = {"id": "hot", "when": {"sensor": "temperature", "op": ">", "threshold": 80}}
     assert srv.call("POST", "/api/v1/rules", hot)[0] == 201
     status, body = srv.call("POST", "/api/v1/rules", hot)
@@ -314,6 +324,24 @@ def test_rule_and_zone_crud_and_bad_definitions(start: Callable[..., ServerProce
     assert "latitude 95 is outside [-90, 90]" in body["error"]["message"]
     assert srv.call("POST", "/api/v1/rules", raw=b"{not json")[0] == 400
     assert srv.call("POST", "/api/v1/rules", [1, 2])[0] == 422
+    # NUL characters: PostgreSQL text cannot hold them, so every store refuses them alike (never a 5xx).
+    status, body = srv.call("POST", "/api/v1/rules", {**hot, "id": "nul", "name": "Hot\u0000"})
+    assert (status, body["error"]["message"]) == (
+        422,
+        "name: NUL characters (\\u0000) are not allowed in a rule",
+    )
+    status, body = srv.call(
+        "POST", "/api/v1/zones", {**YARD, "rectangle": {**YARD["rectangle"], "no\u0000rth": 53.0}}
+    )
+    assert (status, body["error"]["message"]) == (
+        422,
+        "rectangle.no\u0000rth: NUL characters (\\u0000) are not allowed in a zone",
+    )
+    assert srv.call("PUT", "/api/v1/rules/h%00t", hot)[0] == 422  # the body's id is not the path's
+    assert srv.call("POST", "/api/v1/alerts/nope/ack", {"by": "a\u0000na"})[0] == 400
+    assert srv.call("GET", "/api/v1/alerts/nope%00")[0] == 404
+    assert srv.call("GET", "/api/v1/alerts?device_id=%00")[1]["alerts"] == []
+    assert srv.call("DELETE", "/api/v1/rules/h%00t")[0] == 404
 
     # Update, read back, delete.
     cooler = {**hot, "name": "Hot oven", "when": {"sensor": "temperature", "op": ">", "threshold": 70}}
@@ -434,10 +462,12 @@ def test_the_walkthrough_with_the_simulator(start: Callable[..., ServerProcess],
     assert (cleared["acknowledged_by"], cleared["ack_note"]) == ("ops", "replacing the fan")
 
 
-def test_a_killed_server_replays_to_the_same_alerts_and_events(start: Callable[..., ServerProcess]) -> None:
+def test_a_killed_server_replays_to_the_same_alerts_and_events(
+    start: Callable[..., ServerProcess], store_args: tuple[str, ...]
+) -> None:
     # One checkpoint right after start, none after: the restart replays everything below from the log.
     env = {"FLEETSTREAM_ENGINE__FLUSH_INTERVAL_S": "0.1", "FLEETSTREAM_ENGINE__CHECKPOINT_INTERVAL_S": "3600"}
-    srv = start(env=env)
+    srv = start(*store_args, env=env)
     time.sleep(1.0)  # the flusher's first round (0.1 s after start) stores that checkpoint first
     assert srv.call("POST", "/api/v1/zones", YARD)[0] == 201
     hot = {"id": "hot", "when": {"sensor": "temperature", "op": ">", "threshold": 80, "clear_at": 78}}
@@ -471,7 +501,7 @@ def test_a_killed_server_replays_to_the_same_alerts_and_events(start: Callable[.
     wait_for(lambda: {d: rule_events(srv, d) for d in expected} == expected)
     srv.stop("kill")
 
-    again = start(data=srv.data, env=env)
+    again = start(*store_args, data=srv.data, env=env)
     assert "replayed" in again.output()  # no checkpoint covered the readings: they were replayed
     assert {a["id"]: a for a in alerts(again)} == found
     assert {d: rule_events(again, d) for d in expected} == expected

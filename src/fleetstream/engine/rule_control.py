@@ -104,6 +104,10 @@ class RuleControl:
         if not isinstance(body, dict):
             msg = f"a {kind[:-1]} is a JSON object"
             raise InvalidDefinition(msg)
+        nul = _nul_at(body)
+        if nul is not None:  # PostgreSQL text cannot hold one: refused on every store alike
+            msg = f"{nul}: NUL characters (\\u0000) are not allowed in a {kind[:-1]}"
+            raise InvalidDefinition(msg)
         if def_id is not None:
             given = body.get("id", def_id)
             if given != def_id:
@@ -245,6 +249,25 @@ def _check(rules: list[Rule], zones: list[Zone]) -> None:
             msg = f"rule {rule.id!r}: zone {zone_id!r} does not exist (create it with POST /api/v1/zones)"
             raise ValueError(msg)
     RuleBook(rules, zones)
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """Where the first text (a key or a value) holding a NUL character is in JSON, or None."""
+    if isinstance(value, str):
+        return (path or "the body") if "\0" in value else None
+    items: Iterable[tuple[Any, Any]] = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\0" in key:
+            return where
+        found = _nul_at(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _parse(kind: str, body: dict[str, Any]) -> Rule | Zone:

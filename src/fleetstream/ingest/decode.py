@@ -43,6 +43,16 @@ JSON_TYPES = frozenset({"application/json", "text/json"})
 # Floats through Python: a number too large for a double (1e400) becomes inf, which the item's own
 # check rejects, instead of failing the whole body.
 _decoder = msgspec.json.Decoder(float_hook=float)
+_NUL = b"\\u0000"  # how JSON text carries a NUL character (a raw NUL byte is not valid JSON)
+
+
+def _may_hold_nul(body: bytes) -> bool:
+    """Whether a body may carry a NUL character in its text (then the general path rejects its item).
+
+    No backslash at all (the common body) is one memchr: 3 µs for 0.5 MB, against 220 µs for
+    looking for the escape itself, 8 % of decoding such a body on the fast path.
+    """
+    return b"\\" in body and _NUL in body
 
 
 @dataclass(slots=True)
@@ -103,7 +113,7 @@ def decode_body(
         _check_count(len(lines), max_items)
         quick = (
             decode_fast(b"[" + b",".join(line for _, _, line in lines) + b"]", ctx, max_items)
-            if fast
+            if fast and not _may_hold_nul(body)
             else None
         )
         if quick is not None and _in_range(quick, ctx, out):
@@ -122,7 +132,7 @@ def decode_body(
             _decode_item(item, index, ctx, out, messages)
         out.batch = Batch.from_messages(messages)
         return out
-    quick = decode_fast(body, ctx, max_items) if fast else None
+    quick = decode_fast(body, ctx, max_items) if fast and not _may_hold_nul(body) else None
     if quick is not None and _in_range(quick, ctx, out):
         out.batch, out.items = quick, quick.messages_count
         return out
@@ -180,6 +190,10 @@ def _decode_item(
     except FleetstreamError as exc:
         out.rejected.append({"index": index, "error": exc.message})
         return
+    nul = _nul_field(message)
+    if nul is not None:
+        out.rejected.append({"index": index, "error": f"{nul}: NUL characters (\\u0000) are not allowed"})
+        return
     bounds_of = range_of if user is None else user[0].bounds_of
     if ctx.out_of_range == "reject":
         error = out_of_range_error(message, bounds_of)
@@ -189,6 +203,19 @@ def _decode_item(
     else:
         out.flagged += count_message(message, bounds_of)
     messages.append(message)
+
+
+def _nul_field(message: DeviceMessage) -> str | None:
+    """The first text field holding a NUL character: PostgreSQL text cannot store one, so every
+    store refuses it alike (the device id's rule already excludes it)."""
+    texts: list[tuple[str, str | None]] = [
+        ("kind", message.kind),
+        ("device_type", message.device_type),
+        ("msg_id", message.msg_id),
+    ]
+    for r in message.readings:
+        texts += [("sensor", r.sensor), ("unit", r.unit), ("msg_id", r.msg_id)]
+    return next((name for name, value in texts if value is not None and "\0" in value), None)
 
 
 def _in_range(batch: Batch, ctx: DecodeContext, out: Decoded) -> bool:

@@ -25,6 +25,7 @@ import pyarrow as pa
 from fleetstream.adapters.store import duckdb_alerts as alerts_db
 from fleetstream.adapters.store import duckdb_derived as derived
 from fleetstream.adapters.store import duckdb_models as models
+from fleetstream.adapters.store.duckdb_derived import write_derived
 from fleetstream.domain.alerts import Alert
 from fleetstream.domain.batch import Batch, message_numbers
 from fleetstream.domain.buckets import Buckets
@@ -411,8 +412,9 @@ class DuckDBStore:
 
     # -- derived state -------------------------------------------------------------
 
-    async def write_derived(self, derived_: Derived, checkpoint: Checkpoint | None = None) -> None:
-        await self._on_writer(lambda: derived.write_derived(self._connection(), derived_, checkpoint))
+    async def write_derived(self, derived: Derived, checkpoint: Checkpoint | None = None) -> None:
+        # The parameter keeps the port's name (callers may pass it by keyword), shadowing the module.
+        await self._on_writer(lambda: write_derived(self._connection(), derived, checkpoint))
 
     async def checkpoint(self) -> Checkpoint | None:
         return await self._on_writer(lambda: derived.checkpoint(self._connection()))

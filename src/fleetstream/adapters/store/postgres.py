@@ -20,15 +20,19 @@ import msgspec
 import numpy as np
 import psycopg
 
-from fleetstream.adapters.store import postgres_derived as derived
+from fleetstream.adapters.store import postgres_alerts as alerts_db
+from fleetstream.adapters.store import postgres_derived as derived_db
 from fleetstream.adapters.store import postgres_queries as queries
 from fleetstream.adapters.store.duckdb import _message_positions, _replayed
+from fleetstream.domain.alerts import Alert
 from fleetstream.domain.batch import Batch
+from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.errors import ConfigError, StoreError
 from fleetstream.ports import (
+    AlertQuery,
     Checkpoint,
     DeadLetter,
     Derived,
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: alerts, rules, zones, model_rounds
 _READING_COLUMNS = queries.READING_COLUMNS
 _READING_TYPES = ["int8", "text", "int8", "text", "float8", "text", "text", "text", "int8", "text", "int8"]
 _MESSAGE_COLUMNS = queries.MESSAGE_COLUMNS
@@ -185,6 +189,8 @@ class PostgresStore:
                     await copy.write_row((d.received_at, d.source, d.topic, d.reason, errors, d.payload))
 
     async def dead_letters(self, source: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        if source is not None and "\0" in source:
+            return []  # no stored text holds one (see postgres_derived.storable)
         where, params = ("WHERE source = %s", [source]) if source is not None else ("", [])
         async with self._reading() as con:
             cur = await con.execute(
@@ -246,37 +252,71 @@ class PostgresStore:
 
     # -- derived state ---------------------------------------------------------------------
 
-    async def write_derived(self, derived_: Derived, checkpoint: Checkpoint | None = None) -> None:
+    async def write_derived(self, derived: Derived, checkpoint: Checkpoint | None = None) -> None:
         async with self._writing() as con:
-            await derived.write_derived(con, derived_, checkpoint)
+            await derived_db.write_derived(con, derived, checkpoint)
 
     async def checkpoint(self) -> Checkpoint | None:
         async with self._writing() as con:
-            return await derived.checkpoint(con)
+            return await derived_db.checkpoint(con)
 
     async def load_twins(self, device_ids: Collection[str]) -> list[DeviceTwin]:
         async with self._writing() as con:
-            return await derived.load_twins(con, device_ids)
+            return await derived_db.load_twins(con, device_ids)
 
     async def list_twins(
         self, device_type: str | None, status: str | None, limit: int, offset: int
     ) -> tuple[int, list[DeviceTwin]]:
         async with self._reading() as con:
-            return await derived.list_twins(con, device_type, status, limit, offset)
+            return await derived_db.list_twins(con, device_type, status, limit, offset)
 
     async def query_windows(self, query: WindowQuery) -> list[WindowAggregate]:
         async with self._reading() as con:
-            return await derived.query_windows(con, query)
+            return await derived_db.query_windows(con, query)
 
     async def device_events(self, query: EventQuery) -> list[DeviceEvent]:
         async with self._reading() as con:
-            return await derived.device_events(con, query)
+            return await derived_db.device_events(con, query)
 
     async def late_counts(self) -> dict[str, int]:
         async with self._reading() as con:
-            return await derived.late_counts(con)
+            return await derived_db.late_counts(con)
+
+    async def save_model_round(self, model_round: ModelRound) -> None:
+        async with self._writing() as con:
+            await alerts_db.save_model_round(con, model_round)
+
+    async def list_model_rounds(self) -> list[ModelRound]:
+        async with self._reading() as con:
+            return await alerts_db.list_model_rounds(con)
+
+    # -- alerts, rules and zones -------------------------------------------------------------
+
+    async def query_alerts(self, query: AlertQuery) -> tuple[int, list[Alert]]:
+        async with self._reading() as con:
+            return await alerts_db.query_alerts(con, query)
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        async with self._reading() as con:
+            return await alerts_db.get_alert(con, alert_id)
+
+    async def definitions(self, kind: str) -> dict[str, dict[str, Any]]:
+        async with self._reading() as con:
+            return await alerts_db.definitions(con, kind)
+
+    async def put_definition(self, kind: str, def_id: str, definition: dict[str, Any]) -> None:
+        async with self._writing() as con:
+            await alerts_db.put_definition(con, kind, def_id, definition)
+
+    async def delete_definition(self, kind: str, def_id: str) -> bool:
+        async with self._writing() as con:
+            return await alerts_db.delete_definition(con, kind, def_id)
+
+    # -- stored log rows -------------------------------------------------------------------
 
     async def device_rows(self, device_id: str, until: int) -> Batch:
+        if "\0" in device_id:
+            return _replayed([], [])  # no stored text holds one (see postgres_derived.storable)
         async with self._reading() as con:
             cur = await con.execute(
                 f"SELECT {_READING_COLUMNS} FROM readings WHERE device_id = %s AND ts <= %s ORDER BY seq",

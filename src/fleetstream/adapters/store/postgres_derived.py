@@ -9,7 +9,9 @@ natural keys are primary keys, so each write is one binary COPY into a temporary
 - a window replaces the row of its key (size, device, start, sensor): one row per window;
 - a late reading (log position, window size) and a device event (device, sequence number) are
   added only when not stored yet;
-- a twin and the checkpoint replace their row.
+- a twin and the checkpoint replace their row;
+- an alert replaces the row of its id, keeping an acknowledgement stored since
+  (:mod:`~fleetstream.adapters.store.postgres_alerts`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetstream.adapters.store.postgres_alerts import write_alerts
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
 from fleetstream.ports import Checkpoint, Derived, EventQuery, WindowQuery
@@ -104,6 +107,12 @@ _TWIN_COLUMNS = "device_id, device_type, status, last_seen, version, position, s
 _TWIN_TYPES = ["text", "text", "text", "int8", "int8", "int8", "text"]
 
 
+def storable(values: Collection[str]) -> list[str]:
+    """The values a text column can hold: PostgreSQL text cannot hold a NUL character (intake refuses
+    one), so a filter value with one matches nothing, and the server would refuse it as a parameter."""
+    return [v for v in values if "\0" not in v]
+
+
 async def write_derived(con: Connection, derived: Derived, checkpoint: Checkpoint | None) -> None:
     """The derived records, then the checkpoint they complete (in the caller's transaction)."""
     if derived.windows:
@@ -143,6 +152,8 @@ async def write_derived(con: Connection, derived: Derived, checkpoint: Checkpoin
             for t in twins
         ]
         await _upsert(con, "twins", _TWIN_COLUMNS, _TWIN_TYPES, rows, "device_id")
+    if derived.alerts:
+        await write_alerts(con, derived.alerts)
     if checkpoint is not None:
         await con.execute(
             """INSERT INTO checkpoints VALUES ('engine', %s, %s, %s)
@@ -219,7 +230,7 @@ async def load_twins(con: Connection, device_ids: Collection[str]) -> list[Devic
     """Stored twins of these devices."""
     if not device_ids:
         return []
-    cur = await con.execute("SELECT state FROM twins WHERE device_id = ANY(%s)", [list(device_ids)])
+    cur = await con.execute("SELECT state FROM twins WHERE device_id = ANY(%s)", [storable(device_ids)])
     return [DeviceTwin.from_state(_decode(state)) for (state,) in await cur.fetchall()]
 
 
@@ -227,6 +238,8 @@ async def list_twins(
     con: Connection, device_type: str | None, status: str | None, limit: int, offset: int
 ) -> tuple[int, list[DeviceTwin]]:
     """A page of stored twins, by device id, and how many match."""
+    if any(v is not None and "\0" in v for v in (device_type, status)):
+        return 0, []  # no stored text holds one (see storable)
     where: list[str] = []
     params: list[Any] = []
     if device_type is not None:
@@ -249,11 +262,13 @@ async def list_twins(
 
 async def query_windows(con: Connection, query: WindowQuery) -> list[WindowAggregate]:
     """Stored windows of one size and device (or the fleet), by start then sensor."""
+    if "\0" in query.device_id:
+        return []  # no stored text holds one (see storable)
     where = ["size_us = %s", "device_id = %s", "start >= %s", "start < %s"]
     params: list[Any] = [query.size_us, query.device_id, query.start, query.end]
     if query.sensors:
         where.append("sensor = ANY(%s)")
-        params.append(list(query.sensors))
+        params.append(storable(query.sensors))
     cur = await con.execute(
         f"""SELECT state FROM windows WHERE {" AND ".join(where)}
             ORDER BY start, sensor COLLATE "C" LIMIT %s""",
@@ -264,6 +279,8 @@ async def query_windows(con: Connection, query: WindowQuery) -> list[WindowAggre
 
 async def device_events(con: Connection, query: EventQuery) -> list[DeviceEvent]:
     """One device's events by sequence number."""
+    if "\0" in query.device_id:
+        return []  # no stored text holds one (see storable)
     where = ["device_id = %s", "seq > %s"]
     params: list[Any] = [query.device_id, query.after_seq]
     if query.start is not None:
@@ -274,7 +291,7 @@ async def device_events(con: Connection, query: EventQuery) -> list[DeviceEvent]
         params.append(query.end)
     if query.types:
         where.append("type = ANY(%s)")
-        params.append(list(query.types))
+        params.append(storable(query.types))
     cur = await con.execute(
         f"""SELECT device_id, seq, ts, type, payload, position FROM device_events
             WHERE {" AND ".join(where)} ORDER BY seq LIMIT %s""",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from fleetstream.adapters.store import postgres_alerts as alerts
 from fleetstream.adapters.store import postgres_derived as derived
 from fleetstream.adapters.store.duckdb import _message_of
 from fleetstream.domain.buckets import Buckets
@@ -97,6 +98,7 @@ async def create_schema(con: Connection, version: int) -> str:
         await con.execute("SELECT pg_advisory_xact_lock(hashtext('fleetstream schema'))")
         await con.execute(DDL)
         await con.execute(derived.DDL)
+        await con.execute(alerts.DDL)
         cur = await con.execute("SELECT value FROM meta WHERE key = 'schema_version'")
         row = await cur.fetchone()
         if row is not None and int(row[0]) > version:
@@ -192,10 +194,10 @@ def _filters(
     params: dict[str, Any] = {"start": start, "end": end}
     if sensors:
         where.append("sensor = ANY(%(sensors)s)")
-        params["sensors"] = list(sensors)
+        params["sensors"] = derived.storable(sensors)
     if device_ids:
         where.append("device_id = ANY(%(devices)s)")
-        params["devices"] = list(device_ids)
+        params["devices"] = derived.storable(device_ids)
     return " AND ".join(where), params
 
 

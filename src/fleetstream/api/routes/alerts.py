@@ -106,6 +106,9 @@ async def acknowledge(request: Request, engine: EngineDep, alert_id: str = Path(
     if note is not None and not isinstance(note, str):
         msg = "note: expected text"
         raise InvalidInput(msg)
+    if "\0" in by or (note is not None and "\0" in note):  # PostgreSQL text cannot hold one
+        msg = "by, note: NUL characters (\\u0000) are not allowed"
+        raise InvalidInput(msg)
     alert = await engine.rules.acknowledge(alert_id, by.strip(), note)
     return Response(_encode(alert.as_json()), media_type="application/json")
 
