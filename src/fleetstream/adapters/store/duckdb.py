@@ -475,14 +475,13 @@ class DuckDBStore:
     def _replay(self, after: int, max_records: int) -> Batch:
         con = self._connection()
         spare = 1_000  # rows read past max_records so the last message is not cut in two
-        # Columns through Arrow, not a Python tuple per row: a replay reads the whole log.
-        table = con.sql(
-            """SELECT seq, device_id, epoch_us(ts), sensor, value, unit, device_type, msg_id,
-                      epoch_us(received_at), kind, msg_seq
-               FROM readings WHERE seq > ? ORDER BY seq LIMIT ?""",
-            params=[after, max_records + spare],
-        ).to_arrow_table()
-        cols = [column.to_pylist() for column in table.columns]
+        # Log positions are dense (a failed write leaves a gap), so the next rows lie just after
+        # ``after``: bounding the range lets DuckDB skip the row groups beyond it instead of
+        # sorting the rest of the log for every batch. Unless the range holds all the rows asked
+        # for (so they are exactly what the unbounded query returns), read without the bound.
+        cols = self._replay_rows(after, after + 2 * max_records + spare, max_records + spare)
+        if len(cols[0]) < max_records + spare:
+            cols = self._replay_rows(after, None, max_records + spare)
         seq = np.asarray(cols[0], np.int64)
         starts = _message_starts(cols)
         if len(seq) > max_records:
@@ -507,6 +506,22 @@ class DuckDBStore:
                 bare = [b for b in bare if b[0] < seq[following]]
             cols, starts = [c[:head] for c in cols], starts[:head]
         return _batch_of(cols, starts, bare)
+
+    def _replay_rows(self, after: int, upto: int | None, limit: int) -> list[list[Any]]:
+        """Columns of the first ``limit`` readings after ``after`` (up to ``upto``), in log order."""
+        # Through Arrow, not a Python tuple per row: a replay reads the whole log.
+        table = (
+            self._connection()
+            .sql(
+                f"""SELECT seq, device_id, epoch_us(ts), sensor, value, unit, device_type, msg_id,
+                           epoch_us(received_at), kind, msg_seq
+                    FROM readings WHERE seq > ? {"AND seq <= ?" if upto is not None else ""}
+                    ORDER BY seq LIMIT ?""",
+                params=[after, *([upto] if upto is not None else []), limit],
+            )
+            .to_arrow_table()
+        )
+        return [column.to_pylist() for column in table.columns]
 
     async def save_model_round(self, model_round: ModelRound) -> None:
         await self._on_writer(lambda: models.save_model_round(self._connection(), model_round))
