@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             [r["shape"], f"{r['rows']:,}", f"{r['replay_s']:.1f}", f"{rate:,.0f}", f"{alone:,.0f}",
              f"{rate / alone:.0%}"]
         )  # fmt: skip
-    print("\n" + table(["shape", "readings", "replay s", "replay rec/s", "processors alone rec/s", "ratio"], lines))
+    print(
+        "\n"
+        + table(["shape", "readings", "replay s", "replay rec/s", "processors alone rec/s", "ratio"], lines)
+    )
     print(f"replay >= {TARGET_RATE:,} readings/s on DuckDB: {'met' if met else 'MISSED'}")
     print(f"took {(datetime.now(UTC) - began).total_seconds():.0f} s")
     return 0 if met else 1
