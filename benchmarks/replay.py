@@ -14,7 +14,9 @@ Each is written through ``DuckDBStore.write`` (log positions filled as the engin
 then a fresh ``Engine`` (default settings) restores nothing and replays the whole log, timed
 from the first replay read to the stored checkpoint. **Baseline in the same run**: the same
 batches through ``StreamProcessors.on_batch`` alone, in memory (no store). Target: replay at
->= 100,000 readings/s on DuckDB. ``--profile`` prints the top of a cProfile of the replay.
+>= 100,000 readings/s on DuckDB. Also printed: the wall time spent in each store call (reads
+run on the store's thread while the previous batch is processed). ``--profile`` prints the top
+of a cProfile of the replay (the event loop's thread only).
 
     .venv/bin/python benchmarks/replay.py [--rows 200000] [--shapes query,simulator]
         [--devices 10000] [--profile]
@@ -84,10 +86,26 @@ async def fill(path: Path, shape: str, rows: int, devices: int) -> list[Batch]:
     return kept
 
 
-async def replay(path: Path, profile: cProfile.Profile | None) -> tuple[int, float]:
+def timed(store: DuckDBStore, spent: dict[str, float]) -> None:
+    """Add the wall time of the store calls a replay makes to ``spent`` (by method name)."""
+    for name in ("replay", "write_derived", "load_twins"):
+        method = getattr(store, name)
+
+        async def call(*args: Any, _method: Any = method, _name: str = name) -> Any:
+            began = time.perf_counter()
+            try:
+                return await _method(*args)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - began
+
+        setattr(store, name, call)
+
+
+async def replay(path: Path, profile: cProfile.Profile | None, spent: dict[str, float]) -> tuple[int, float]:
     """Replay the whole log with a fresh engine: (records replayed, wall seconds)."""
     store = DuckDBStore(f"duckdb:///{path}")
     await store.start()
+    timed(store, spent)
     clock = SystemClock()
     engine = Engine(cast(Bus, None), store, Hub(clock.monotonic), clock, EngineSettings(), StreamSettings())
     try:
@@ -122,11 +140,17 @@ def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         alone = processors_alone(kept)
         del kept
         profile = cProfile.Profile() if args.profile else None
-        replayed, took = asyncio.run(replay(path, profile))
+        spent: dict[str, float] = {}
+        replayed, took = asyncio.run(replay(path, profile, spent))
     if profile is not None:
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(35)
         print(out.getvalue())
+    print(
+        f"{shape}: wall s in store calls (reads overlap processing): "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(spent.items())),
+        flush=True,
+    )
     return {"shape": shape, "rows": rows, "replayed": replayed, "replay_s": took, "alone_s": alone}
 
 
