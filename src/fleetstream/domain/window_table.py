@@ -276,6 +276,8 @@ class WindowTable:
         S = self._slots
         out: list[QuantileSketch] = [QuantileSketch()] * len(slots)
         end, j = S.end[slots], S.line[slots] % len(self._sizes)
+        if not len(slots):
+            return out
         by_key = {(group.end, group.j): group for group in groups}
         # The slots sorted by (end, size), then one slice per group: linear in slots and groups.
         order = np.lexsort((j, end))
