@@ -12,6 +12,7 @@ index``), and a window is a line and a window number ``u = start // size``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
 
@@ -110,7 +111,7 @@ class WindowTable:
             both = packed[offset : offset + 2 * len(u)]
             lo, hi = int(u.min()), int(u.max())
             if lo == hi:
-                parts: Any = [(lo, both)]
+                parts: Iterable[tuple[int, np.ndarray]] = [(lo, both)]
             else:
                 # One sort, then a slice per window number: a batch spanning many windows (a replay
                 # of stored readings) must not scan the whole batch once per window.
