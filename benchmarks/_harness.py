@@ -95,28 +95,33 @@ class Server:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def start(name: str, cmd: Sequence[str], port: int, log: Path, ready_path: str) -> Server:
+def start(
+    name: str, cmd: Sequence[str], port: int, log: Path, ready_path: str, ready_timeout: float = 60.0
+) -> Server:
     """Start ``cmd`` (which must listen on ``port``) and wait until ``ready_path`` answers 200."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = Server(name, proc, port, log)
     try:
-        server.wait_ready(ready_path)
+        server.wait_ready(ready_path, ready_timeout)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def start_fleetstream(data: Path, log: Path, *extra: str) -> Server:
-    """``fleetstream up --no-simulator --no-table`` on a free port with its DuckDB under ``data``."""
+def start_fleetstream(data: Path, log: Path, *extra: str, ready_timeout: float = 60.0) -> Server:
+    """``fleetstream up --no-simulator --no-table`` on a free port with its DuckDB under ``data``.
+
+    ``ready_timeout``: a first start on a file without a checkpoint replays every stored reading.
+    """
     port = free_port()
     cmd = [
         sys.executable, "-m", "fleetstream", "up", "--no-simulator", "--no-table",
         "--port", str(port), "--data", str(data), "--log-level", "warning", *extra,
     ]  # fmt: skip
-    return start("fleetstream", cmd, port, log, "/readyz")
+    return start("fleetstream", cmd, port, log, "/readyz", ready_timeout)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ in-process on a DuckDB connection (the floor: what DuckDB itself costs), and the
 adapter's ``query_metrics`` in-process (adds the reader thread pool, not HTTP). Target:
 ``/compute/metrics`` under 20 ms warm.
 
-The file is generated once through the real store adapter (``DuckDBStore.write`` of
-``DeviceMessage``/``Reading`` objects, 100k per transaction, in time order) and cached under
-``benchmarks/out/`` (``--regenerate`` to rebuild).
+The file is generated once through the real store adapter (``DuckDBStore.write`` of a
+``Batch`` of 100k readings per transaction, in time order, log positions filled as the engine
+fills them) and cached under ``benchmarks/out/`` (``--regenerate`` to rebuild). The file holds no
+checkpoint, so the first ``fleetstream up`` on it replays every reading through the stream
+processors before it answers (benchmarks/replay.py: ~10k readings/s for this shape, one reading
+per window); the readiness wait allows for that.
 
     .venv/bin/python benchmarks/query.py [--requests 100] [--rows 10000000] [--regenerate]
 """
@@ -33,13 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from _harness import OUT, machine, percentile, source_revision, start_fleetstream, stop_on_sigterm, table
 from fleetstream.adapters.store.duckdb import DuckDBStore
-from fleetstream.domain.records import DeviceMessage, Reading
+from fleetstream.domain.batch import Batch, message_numbers
 from fleetstream.ports import MetricsQuery
 
 TARGET_MS = 20.0
+REPLAY_RATE_FLOOR = 2_000  # readings/s: the slowest replay of this shape to wait for
 START = datetime(2025, 3, 1, tzinfo=UTC)
 DAYS = 10
 DEVICES = 1000
@@ -63,31 +68,47 @@ def us(dt: datetime) -> int:
 # -- data ----------------------------------------------------------------------------------------
 
 
+def readings(first: int, n: int, rows: int, rnd: np.random.Generator) -> Batch:
+    """Readings ``first .. first + n - 1`` of ``rows`` in time order, each its own message, as the
+    engine hands them to ``DuckDBStore.write`` (log positions filled)."""
+    i = np.arange(first, first + n, dtype=np.int64)
+    device = i % DEVICES
+    kind_of = device % len(KINDS)
+    step_us = DAYS * 86_400_000_000 // rows  # readings are evenly spread over the days
+    sensors = [
+        KINDS[k][1][(j // DEVICES) % len(KINDS[k][1])]
+        for k, j in zip(kind_of.tolist(), i.tolist(), strict=True)
+    ]
+    low = np.array([s[2] for s in sensors])
+    high = np.array([s[3] for s in sensors])
+    ts = (us(START) + i * step_us).tolist()
+    return Batch(
+        device_id=[f"dev-{d:04d}" for d in device.tolist()],
+        ts=ts,
+        sensor=[s[0] for s in sensors],
+        value=np.round(low + rnd.random(n) * (high - low), 2).tolist(),
+        unit=[s[1] for s in sensors],
+        device_type=[KINDS[k][0] for k in kind_of.tolist()],
+        msg_id=[None] * n,
+        kind=["telemetry"] * n,
+        msg=list(message_numbers(n)),
+        received_at=list(ts),
+        seq=(i + 1).tolist(),
+        messages_count=n,
+    )
+
+
 async def generate(data: Path, rows: int, batch: int) -> None:
     """``rows`` readings in time order through ``DuckDBStore.write``, ``batch`` per transaction."""
     store = DuckDBStore(f"duckdb:///{data / FILE_NAME}")
     await store.start()
-    rnd = random.Random(7)
-    start_us = us(START)
-    step_us = DAYS * 86_400_000_000 // rows  # readings are evenly spread over the days
-    ids = [f"dev-{d:04d}" for d in range(DEVICES)]
-    kinds = [KINDS[d % len(KINDS)] for d in range(DEVICES)]
+    rnd = np.random.default_rng(7)
     began = time.perf_counter()
     written = 0
     try:
         while written < rows:
             n = min(batch, rows - written)
-            messages = []
-            for i in range(written, written + n):
-                device = i % DEVICES
-                dtype, sensors = kinds[device]
-                sensor, unit, low, high = sensors[(i // DEVICES) % len(sensors)]
-                ts = start_us + i * step_us
-                reading = Reading(ids[device], ts, sensor, round(rnd.uniform(low, high), 2), unit, dtype)
-                messages.append(
-                    DeviceMessage(ids[device], ts, "telemetry", dtype, [reading], None, ts, i + 1)
-                )
-            await store.write(messages)
+            await store.write(readings(written, n, rows, rnd))
             written += n
             if written % 1_000_000 < batch or written == rows:
                 rate = written / (time.perf_counter() - began)
@@ -211,7 +232,8 @@ def over_http(data: Path, hour: datetime, args: argparse.Namespace) -> dict[str,
         return client.call("POST", "/compute/metrics", json.dumps(body).encode())
 
     log = OUT / "query-server.log"
-    server = start_fleetstream(data, log)
+    # The first start on the generated file replays it (no checkpoint yet); later ones restore.
+    server = start_fleetstream(data, log, ready_timeout=120 + args.rows / REPLAY_RATE_FLOOR)
     client = Client(server.port)
     try:
         out: dict[str, tuple[list[float], Any]] = {}

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import math
 import sys
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate, pairwise
 from typing import Any
 
 import numpy as np
 
 _FLOAT_MAX_LOG = math.log(sys.float_info.max)
 _EMPTY = np.zeros(0, np.int64)
+_SMALL = 32  # buckets up to which quantiles and state are computed in plain Python
 _EMPTY.flags.writeable = False
 
 
@@ -240,13 +243,25 @@ class QuantileSketch:
         if n == 0:
             return [None] * len(qs)
         ranks = [math.floor(q * (n - 1)) for q in qs]
+        value = self._map.value
+        if len(self._keys) <= _SMALL:
+            # Few buckets (a window of a few readings, as most stored windows are): plain Python
+            # beats numpy's per-call cost several times over.
+            keys = self._keys.tolist()
+            if len(keys) == 1:
+                return [value(keys[0])] * len(qs)
+            running = list(accumulate(self._counts.tolist()))
+            return [value(keys[bisect_right(running, r)]) for r in ranks]
         # the first bucket whose running count passes the rank holds the value of that rank
         at = np.searchsorted(np.cumsum(self._counts), ranks, side="right")
-        value = self._map.value
         return [value(k) for k in self._keys[at].tolist()]
 
     def to_state(self) -> list[Any]:
         """``[alpha, keys, counts]``, keys delta-encoded (small ints pack small)."""
+        if len(self._keys) <= _SMALL:
+            keys = self._keys.tolist()
+            deltas = keys[:1] + [b - a for a, b in pairwise(keys)]
+            return [self._map.alpha, deltas, self._counts.tolist()]
         return [self._map.alpha, np.diff(self._keys, prepend=0).tolist(), self._counts.tolist()]
 
     @classmethod

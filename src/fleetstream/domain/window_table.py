@@ -12,6 +12,7 @@ index``), and a window is a line and a window number ``u = start // size``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
 
@@ -110,10 +111,14 @@ class WindowTable:
             both = packed[offset : offset + 2 * len(u)]
             lo, hi = int(u.min()), int(u.max())
             if lo == hi:
-                parts = [(lo, both)]
+                parts: Iterable[tuple[int, np.ndarray]] = [(lo, both)]
             else:
+                # One sort, then a slice per window number: a batch spanning many windows (a replay
+                # of stored readings) must not scan the whole batch once per window.
                 uu = np.concatenate((u, u))
-                parts = [(x, both[uu == x]) for x in np.unique(u).tolist()]
+                order = np.argsort(uu, kind="stable")
+                cuts = _run_starts(uu[order])
+                parts = zip(uu[order][cuts].tolist(), np.split(both[order], cuts[1:]), strict=True)
             for x, part in parts:
                 group = self._groups.get((j, x))
                 if group is None:
@@ -272,15 +277,25 @@ class WindowTable:
         S = self._slots
         out: list[QuantileSketch] = [QuantileSketch()] * len(slots)
         end, j = S.end[slots], S.line[slots] % len(self._sizes)
+        if not len(slots):
+            return out
+        by_key = {(group.end, group.j): group for group in groups}
+        # The slots sorted by (end, size), then one slice per group: linear in slots and groups.
+        order = np.lexsort((j, end))
+        end, j = end[order], j[order]
+        cuts = _run_starts(end, j)
         found = 0
-        for group in groups:
-            where = np.flatnonzero((end == group.end) & (j == group.j))
-            if len(where):
-                chosen = slots[where]
-                made = group.sketches(chosen, S.count[chosen], self._packing)
-                for i, sketch in zip(where.tolist(), made, strict=True):
-                    out[i] = sketch
-                found += len(where)
+        for a, b, e, jj in zip(cuts.tolist(), [*cuts[1:].tolist(), len(order)], end[cuts].tolist(),
+                               j[cuts].tolist(), strict=True):  # fmt: skip
+            group = by_key.get((e, jj))
+            if group is None:
+                continue
+            where = order[a:b]
+            chosen = slots[where]
+            made = group.sketches(chosen, S.count[chosen], self._packing)
+            for i, sketch in zip(where.tolist(), made, strict=True):
+                out[i] = sketch
+            found += len(where)
         assert found == len(slots), "every window in memory belongs to a group"
         return out
 
@@ -291,3 +306,15 @@ class WindowTable:
         ns = len(self._sizes)
         ordered: np.ndarray = slots[np.lexsort((self.series.rank()[line // ns], line % ns, S.end[slots]))]
         return ordered
+
+
+def _run_starts(*keys: np.ndarray) -> np.ndarray:
+    """Where each run of equal values starts in the (sorted) ``keys``, compared together."""
+    n = len(keys[0])
+    if n == 0:
+        return np.zeros(0, np.int64)
+    change = np.zeros(n, bool)
+    change[0] = True
+    for k in keys:
+        change[1:] |= k[1:] != k[:-1]
+    return np.flatnonzero(change)

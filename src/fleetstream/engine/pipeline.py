@@ -41,6 +41,7 @@ from fleetstream.domain.windows import WindowAggregate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.model_control import ModelControl
 from fleetstream.engine.processors import StreamProcessors
+from fleetstream.engine.progress import replay_progress
 from fleetstream.engine.rule_control import RuleControl
 from fleetstream.engine.shadow import ShadowUpdates
 from fleetstream.engine.webhooks import WebhookSender, WebhookSettings
@@ -163,18 +164,30 @@ class Engine(ShadowUpdates):
         self.processors.rules.replaying = True
         started = self.clock.monotonic()
         told = started
-        while True:
-            batch = await self.store.replay(self.processors.position, self.settings.batch_max_records)
-            if not batch.records:
-                break
-            await self._process(batch, live=False)
-            self.replayed += batch.records
-            if len(self._pending.windows) + len(self._pending.events) > 200_000:
-                await self._flush(checkpoint=False)
-            now = self.clock.monotonic()
-            if now - told >= 5:
-                told = now
-                log.info("replaying the log: at position %d of %d", self.processors.position, self._seq)
+        size = self.settings.batch_max_records
+        # The next batch is read (on the store's thread) while this one is processed.
+        ahead = asyncio.ensure_future(self.store.replay(start, size))
+        try:
+            while True:
+                batch = await ahead
+                if not batch.records:
+                    break
+                last = max(batch.seq[-1] if batch.seq else 0, batch.events[-1].seq if batch.events else 0)
+                ahead = asyncio.ensure_future(self.store.replay(max(last, self.processors.position), size))
+                await self._process(batch, live=False)
+                self.replayed += batch.records
+                if len(self._pending.windows) + len(self._pending.events) > 200_000:
+                    await self._flush(checkpoint=False)
+                now = self.clock.monotonic()
+                if now - told >= 5:
+                    told = now
+                    position = self.processors.position
+                    log.info("%s", replay_progress(self.replayed, position, start, self._seq, now - started))
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
         self.processors.rules.replaying = False
         if self.replayed:
             await self._flush(checkpoint=True)

@@ -477,19 +477,20 @@ class DuckDBStore:
     def _replay(self, after: int, max_records: int) -> Batch:
         con = self._connection()
         spare = 1_000  # rows read past max_records so the last message is not cut in two
-        rows = con.execute(
-            """SELECT seq, device_id, epoch_us(ts), sensor, value, unit, device_type, msg_id,
-                      epoch_us(received_at), kind, msg_seq
-               FROM readings WHERE seq > ? ORDER BY seq LIMIT ?""",
-            [after, max_records + spare],
-        ).fetchall()
-        if len(rows) > max_records:
-            cut = max_records
-            ident = _message_of(rows[cut - 1])
-            while cut < len(rows) and _message_of(rows[cut]) == ident:
-                cut += 1
-            rows = rows[:cut]
-            upper_sql, params = "seq > ? AND seq <= ?", [after, rows[-1][0]]
+        # Log positions are dense (a failed write leaves a gap), so the next rows lie just after
+        # ``after``: bounding the range lets DuckDB skip the row groups beyond it instead of
+        # sorting the rest of the log for every batch. Unless the range holds all the rows asked
+        # for (so they are exactly what the unbounded query returns), read without the bound.
+        cols = self._replay_rows(after, after + 2 * max_records + spare, max_records + spare)
+        if len(cols[0]) < max_records + spare:
+            cols = self._replay_rows(after, None, max_records + spare)
+        seq = np.asarray(cols[0], np.int64)
+        starts = _message_starts(cols)
+        if len(seq) > max_records:
+            later = np.flatnonzero(starts[max_records:])
+            cut = max_records + int(later[0]) if len(later) else len(seq)
+            cols, seq, starts = [c[:cut] for c in cols], seq[:cut], starts[:cut]
+            upper_sql, params = "seq > ? AND seq <= ?", [after, int(seq[-1])]
         else:  # the end of the readings: every reading-less message after them too
             upper_sql, params = "seq > ?", [after]
         bare = con.execute(
@@ -497,16 +498,32 @@ class DuckDBStore:
                 FROM device_messages WHERE {upper_sql} ORDER BY seq LIMIT ?""",
             [*params, max_records],
         ).fetchall()
-        if rows and bare:
+        if len(seq) and bare:
             # Keep log order within the batch as the engine sees it live: rows, then reading-less
             # messages after all of them. Stop at the first row that follows a reading-less message.
             first_bare = bare[0][0]
-            head = [r for r in rows if r[0] < first_bare]
-            following = [r[0] for r in rows if r[0] > first_bare]
-            if following:
-                bare = [b for b in bare if b[0] < following[0]]
-            rows = head
-        return _replayed(rows, bare)
+            head = int(np.searchsorted(seq, first_bare, "left"))
+            following = int(np.searchsorted(seq, first_bare, "right"))
+            if following < len(seq):
+                bare = [b for b in bare if b[0] < seq[following]]
+            cols, starts = [c[:head] for c in cols], starts[:head]
+        return _batch_of(cols, starts, bare)
+
+    def _replay_rows(self, after: int, upto: int | None, limit: int) -> list[list[Any]]:
+        """Columns of the first ``limit`` readings after ``after`` (up to ``upto``), in log order."""
+        # Through Arrow, not a Python tuple per row: a replay reads the whole log.
+        table = (
+            self._connection()
+            .sql(
+                f"""SELECT seq, device_id, epoch_us(ts), sensor, value, unit, device_type, msg_id,
+                           epoch_us(received_at), kind, msg_seq
+                    FROM readings WHERE seq > ? {"AND seq <= ?" if upto is not None else ""}
+                    ORDER BY seq LIMIT ?""",
+                params=[after, *([upto] if upto is not None else []), limit],
+            )
+            .to_arrow_table()
+        )
+        return [column.to_pylist() for column in table.columns]
 
     async def save_model_round(self, model_round: ModelRound) -> None:
         await self._on_writer(lambda: models.save_model_round(self._connection(), model_round))
@@ -566,32 +583,51 @@ def _message_of(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _replayed(rows: list[tuple[Any, ...]], bare: list[tuple[Any, ...]]) -> Batch:
-    out = Batch()
-    numbers = iter(message_numbers(len(rows) + len(bare)))
-    previous: tuple[Any, ...] | None = None
-    number = -1
-    for row in rows:
-        seq, device, ts, sensor, value, unit, device_type, msg_id, received_at, kind, _ = row
-        ident = _message_of(row)
-        if ident != previous:
-            number = next(numbers)
-            previous = ident
-            out.messages_count += 1
-        out.seq.append(seq)
-        out.device_id.append(device)
-        out.ts.append(ts)
-        out.sensor.append(sensor)
-        out.value.append(value)
-        out.unit.append(unit)
-        out.device_type.append(device_type)
-        out.msg_id.append(msg_id)
-        out.kind.append(kind)
-        out.msg.append(number)
-        out.received_at.append(received_at)
-    for seq, device, ts, kind, device_type, msg_id, received_at in bare:
-        out.events.append(DeviceMessage(device, ts, kind, device_type, [], msg_id, received_at, seq))
-        out.event_msg.append(next(numbers))
-        out.messages_count += 1
+    """The batch of stored rows (``seq, device_id, ts, sensor, value, unit, device_type, msg_id,
+    received_at, kind, msg_seq``) and reading-less messages, in that order."""
+    cols = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(11)]
+    return _batch_of(cols, _message_starts(cols), bare)
+
+
+def _message_starts(cols: Sequence[list[Any]]) -> np.ndarray:
+    """Whether each stored row starts a message (see :func:`_message_of`), from the row columns."""
+    n = len(cols[0])
+    starts = np.ones(n, bool)
+    msg_seq = cols[10]
+    if n > 1 and None not in msg_seq:
+        first = np.asarray(msg_seq, np.int64)
+        np.not_equal(first[1:], first[:-1], out=starts[1:])
+    elif n > 1:  # older files: rows without their message's position
+        idents = [_message_of(row) for row in zip(*cols, strict=True)]
+        starts[1:] = [a != b for a, b in zip(idents[1:], idents[:-1], strict=True)]
+    return starts
+
+
+def _batch_of(cols: Sequence[list[Any]], starts: np.ndarray, bare: list[tuple[Any, ...]]) -> Batch:
+    """The batch of row columns (rows of a message adjacent, ``starts`` marking each message's
+    first) and reading-less messages after them, each message with a fresh number."""
+    messages = int(starts.sum())
+    numbers = message_numbers(messages + len(bare))
+    seq, device, ts, sensor, value, unit, device_type, msg_id, received_at, kind, _ = cols
+    out = Batch(
+        device_id=device,
+        ts=ts,
+        sensor=sensor,
+        value=value,
+        unit=unit,
+        device_type=device_type,
+        msg_id=msg_id,
+        kind=kind,
+        msg=(np.cumsum(starts) + (numbers.start - 1)).tolist(),
+        received_at=received_at,
+        seq=seq,
+        messages_count=messages + len(bare),
+    )
+    for (seq_, device_, ts_, kind_, type_, msg_id_, received_), number in zip(
+        bare, numbers[messages:], strict=True
+    ):
+        out.events.append(DeviceMessage(device_, ts_, kind_, type_, [], msg_id_, received_, seq_))
+        out.event_msg.append(number)
     return out
 
 
