@@ -88,6 +88,10 @@ def up(
             envvar="FLEETSTREAM_STORE", help="store URL (default duckdb:///<data>/fleetstream.duckdb)"
         ),
     ] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(envvar="FLEETSTREAM_BUS", help="the durable log: memory:// (default) or kafka://host:port"),
+    ] = None,
     mqtt: Annotated[
         str | None,
         typer.Option(
@@ -154,6 +158,7 @@ def up(
             port=port,
             data=data,
             store=store,
+            bus=bus,
             mqtt=mqtt,
             mqtt_topic=mqtt_topic,
             kafka_source=kafka_source,
@@ -460,3 +465,7 @@ def version() -> None:
 def main() -> None:
     """Entry point of the ``fleetstream`` script."""
     app()
+
+
+# cluster mode (gateway, worker) registers its commands on ``app``
+from fleetstream.cluster import commands as _cluster_commands  # noqa: E402, F401
