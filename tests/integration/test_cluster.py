@@ -13,8 +13,11 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,10 +27,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from ..servers import Tansu, free_port
-from ._support import iso, wait_for
+from ..servers import Postgres, Tansu, free_port
+from ._support import iso, read_db, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -182,3 +186,220 @@ def test_gateway_refuses_while_the_broker_is_down_and_resumes_after(tmp_path: Pa
         assert gw.stop() == 0, gw.output()
     # everything acknowledged since the restart is in the (fresh, in-memory) log
     assert consumed(broker.bootstrap, f"check-{uuid.uuid4().hex}", len(acknowledged), 30) >= acknowledged
+
+
+# --- scale-out: gateway + two workers, one SIGKILLed, against the embedded run ----------------------
+
+BASE = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
+DEVICES = 8
+SECONDS = 90
+
+
+def make_load(seed: int = 11) -> list[list[dict[str, Any]]]:
+    """Batches of messages: a reading a second per device, shuffled within 2 s, 2% 10-20 s late
+    (within the lateness), 5% re-sent; two host monitors sending startup and heartbeat events."""
+    rng = random.Random(seed)
+    messages: list[tuple[float, dict[str, Any]]] = []
+    for second in range(SECONDS):
+        ts = iso(BASE + timedelta(seconds=second))
+        for d in range(DEVICES):
+            arrival = second + (rng.uniform(10, 20) if rng.random() < 0.02 else rng.uniform(0, 2))
+            value = round(20 + 5 * rng.random(), 3)
+            messages.append(
+                (arrival, {"device_id": f"d-{d}", "timestamp": ts, "sensor": "temp", "value": value})
+            )
+            if d % 2 == 0:
+                body = {"device_id": f"d-{d}", "timestamp": ts, "sensor": "hum", "value": second % 40}
+                messages.append((arrival, body))
+        for h in range(2):
+            if second == 0:
+                messages.append((0, {"device_id": f"h-{h}", "type": "startup", "ts": ts}))
+            if second % 15 == 0:
+                beat = {"cpu_usage": rng.uniform(1, 99), "mem_usage": rng.uniform(1, 99)}
+                messages.append(
+                    (
+                        second + rng.uniform(0, 1),
+                        {"device_id": f"h-{h}", "type": "heartbeat", "ts": ts, "event": beat},
+                    )
+                )
+    resent = [(arrival + rng.uniform(1, 5), body) for arrival, body in messages if rng.random() < 0.05]
+    ordered = [body for _, body in sorted(messages + resent, key=lambda pair: pair[0])]
+    return [ordered[i : i + 30] for i in range(0, len(ordered), 30)]
+
+
+QUERIES = {
+    "readings": "SELECT device_id, sensor, {ts}, value FROM readings ORDER BY 1, 2, 3, 4",
+    "windows": """SELECT sensor, device_id, size_us, {start}, count, sum, min, max, first, last,
+                         p50, p95, p99 FROM windows WHERE device_id <> '*' ORDER BY 1, 2, 3, 4""",
+    "twins": "SELECT device_id, device_type, status, {last_seen}, version, state FROM twins ORDER BY 1",
+    "events": "SELECT device_id, seq, {ts}, type, payload FROM device_events ORDER BY 1, 2",
+    "late": "SELECT device_id, sensor, {ts}, size_us FROM late_readings ORDER BY 1, 2, 3, 4",
+}
+
+
+def _normal(name: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    if name == "twins":  # JSON text: compare what it says, not how it is spelt
+        states = [json.loads(row[-1]) for row in rows]
+        for state in states:
+            state.pop("position")  # each run numbers its log its own way
+        return [(*row[:-1], state) for row, state in zip(rows, states, strict=True)]
+    return rows
+
+
+def outcome(url: str) -> dict[str, Any]:
+    """What the cluster stored in PostgreSQL: readings, final device windows, twins and event logs
+    (log positions left out: each run numbers its log its own way)."""
+    names = {"ts": "ts", "start": "start", "last_seen": "last_seen"}
+    with psycopg.connect(url) as con:
+        return {n: _normal(n, con.execute(sql.format(**names)).fetchall()) for n, sql in QUERIES.items()}
+
+
+def embedded_outcome(path: Path) -> dict[str, Any]:
+    """The same of the embedded run's DuckDB file (times as µs, as PostgreSQL keeps them)."""
+    names = {"ts": "epoch_us(ts)", "start": "epoch_us(start)", "last_seen": "epoch_us(last_seen)"}
+    return {n: _normal(n, read_db(path, sql.format(**names))) for n, sql in QUERIES.items()}
+
+
+def settled(url: str, quiet_s: float = 4.0, timeout: float = 60) -> dict[str, Any]:
+    """The outcome once it has not changed for ``quiet_s`` (idle windows close on the wall clock)."""
+    deadline = time.monotonic() + timeout
+    last, since = outcome(url), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, "the stored outcome kept changing"
+        time.sleep(0.5)
+        now = outcome(url)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+class PacedSender(threading.Thread):
+    """Posts the batches in order, ``pause_s`` apart; a batch without a 202 is re-sent until it has one."""
+
+    def __init__(self, url: str, batches: list[list[dict[str, Any]]], pause_s: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.batches, self.pause_s = url, batches, pause_s
+        self.done = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.Client(timeout=10) as client:
+                for batch in self.batches:
+                    deadline = time.monotonic() + 60
+                    while client.post(f"{self.url}/api/v1/telemetry", json=batch).status_code != 202:
+                        assert time.monotonic() < deadline, "a batch was not acknowledged within 60 s"
+                        time.sleep(0.1)
+                    self.done += 1
+                    time.sleep(self.pause_s)
+        except BaseException as exc:
+            self.error = exc
+
+
+def took(worker: Proc) -> list[list[int]]:
+    """The partition lists a worker logged taking, in order."""
+    return [
+        json.loads(line.split("took partitions ")[1])
+        for line in worker.output().splitlines()
+        if "took partitions " in line
+    ]
+
+
+def test_two_workers_one_killed_store_what_the_embedded_run_stores(
+    tmp_path: Path, postgres_server: Postgres, module_tansu: Tansu
+) -> None:
+    batches = make_load()
+    cluster_db = postgres_server.create_database()
+
+    # The embedded single-process run of the same load.
+    port = free_port()
+    up = Proc.run(
+        tmp_path,
+        "up",
+        "--no-simulator",
+        "--no-table",
+        "--port",
+        str(port),
+        "--data",
+        str(tmp_path / "up"),
+        port=port,
+    )
+    try:
+        wait_for(lambda: _ready(up), timeout=30, interval=0.2)
+        sender = PacedSender(f"http://127.0.0.1:{port}", batches, 0)
+        sender.start()
+        sender.join(120)
+        assert sender.error is None
+        wait_for(lambda: _watermark(up) > "2025", timeout=30, interval=0.2)  # idle windows closed
+        time.sleep(1.5)  # one more flush and checkpoint
+    finally:
+        assert up.stop() == 0, up.output()
+    expected = embedded_outcome(tmp_path / "up" / "fleetstream.duckdb")
+
+    # The cluster: a gateway, two workers; the first worker is SIGKILLed in the middle of the load.
+    bus = f"kafka://{module_tansu.bootstrap}/readings-{uuid.uuid4().hex[:8]}?partitions=8"
+    workers = [Proc.run(tmp_path, "worker", "--bus", bus, "--store", cluster_db) for _ in range(2)]
+    gw = start_gateway(tmp_path, bus)
+    try:
+        wait_for(
+            lambda: (
+                all(took(w) for w in workers)
+                and sorted(p for w in workers for p in took(w)[-1]) == list(range(8))
+            ),
+            timeout=60,
+            interval=0.2,
+        )
+        sender = PacedSender(f"http://127.0.0.1:{gw.port}", batches, 0.15)
+        sender.start()
+        wait_for(lambda: sender.done >= len(batches) // 2, timeout=60)
+        victim, survivor = workers
+        before = len(took(survivor))
+        killed_at = time.monotonic()
+        victim.stop(kill=True)
+        wait_for(
+            lambda: len(took(survivor)) > before and took(survivor)[-1] == list(range(8)),
+            timeout=20,
+            interval=0.1,
+        )
+        takeover_s = time.monotonic() - killed_at
+        sender.join(120)
+        assert sender.error is None
+        assert sender.done == len(batches)
+        got = settled(cluster_db)
+    finally:
+        codes = [gw.stop(), *(w.stop() for w in workers)]
+    assert codes[0] == 0, gw.output()
+    assert codes[2] == 0, workers[1].output()  # the survivor leaves the group cleanly
+    assert takeover_s < 12, takeover_s
+    print(f"takeover after SIGKILL: {takeover_s:.1f} s")
+
+    sent = {
+        (b["device_id"], b["sensor"], b["timestamp"]) for batch in batches for b in batch if "sensor" in b
+    }
+    stored = [(device, sensor, ts) for device, sensor, ts, _ in got["readings"]]
+    assert len(set(stored)) == len(stored)  # every acknowledged reading stored exactly once ...
+    assert set(stored) >= {(d, s, _us(t)) for d, s, t in sent}  # ... and none missing
+    assert got["readings"] == expected["readings"]
+    assert got["windows"] == expected["windows"]
+    assert len(expected["windows"]) > 0
+    assert got["events"] == expected["events"]
+    assert {e[3] for e in expected["events"]} >= {"registered", "startup", "heartbeat"}
+    assert got["late"] == expected["late"]
+    assert got["twins"] == expected["twins"]
+
+
+def _ready(proc: Proc) -> bool:
+    assert proc.proc.poll() is None, proc.output()
+    try:
+        return proc.call("GET", "/readyz")[0] == 200
+    except OSError:
+        return False
+
+
+def _watermark(proc: Proc) -> str:
+    status, body, _ = proc.call("GET", "/api/v1/stats/live")
+    return str(body["watermark"]) if status == 200 and body["watermark"] is not None else ""
+
+
+def _us(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp).timestamp() * 1_000_000)
