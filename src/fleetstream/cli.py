@@ -173,7 +173,12 @@ def up(
     except ConfigError as exc:
         raise _fail(exc.message) from None
     _check_port(settings.host, settings.port)
-    code = _run_up(settings)
+    if settings.bus.startswith("kafka://") and settings.store_url.startswith(("postgresql:", "postgres:")):
+        from fleetstream.cluster.commands import run_up_cluster  # gateway + worker + api (docs/deploy.md)
+
+        code = run_up_cluster(settings)
+    else:
+        code = _run_up(settings)
     # Everything is stored and closed by now. Skip interpreter teardown: the DuckDB and Arrow
     # bindings print pages of "nanobind: leaked ..." warnings there, which only alarm users.
     sys.stdout.flush()

@@ -95,9 +95,10 @@ class Proc:
             return self.proc.wait(10)
 
 
-def start_gateway(tmp: Path, bus: str) -> Proc:
+def start_gateway(tmp: Path, bus: str, command: str = "gateway", *more: str) -> Proc:
+    """A gateway (or, with ``command``, another HTTP process) once its /readyz answers 200."""
     port = free_port()
-    gw = Proc.run(tmp, "gateway", "--bus", bus, "--port", str(port), port=port)
+    gw = Proc.run(tmp, command, "--bus", bus, *more, "--port", str(port), port=port)
 
     def ready() -> bool:
         assert gw.proc.poll() is None, gw.output()
@@ -193,6 +194,8 @@ def test_gateway_refuses_while_the_broker_is_down_and_resumes_after(tmp_path: Pa
 BASE = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 DEVICES = 8
 SECONDS = 90
+SIZES = {"10s": 10_000_000, "1m": 60_000_000}
+SPAN = "from=2024-06-01T11:00:00Z&to=2024-06-01T13:00:00Z"
 
 
 def make_load(seed: int = 11) -> list[list[dict[str, Any]]]:
@@ -230,7 +233,7 @@ def make_load(seed: int = 11) -> list[list[dict[str, Any]]]:
 QUERIES = {
     "readings": "SELECT device_id, sensor, {ts}, value FROM readings ORDER BY 1, 2, 3, 4",
     "windows": """SELECT sensor, device_id, size_us, {start}, count, sum, min, max, first, last,
-                         p50, p95, p99 FROM windows WHERE device_id <> '*' ORDER BY 1, 2, 3, 4""",
+                         p50, p95, p99 FROM windows WHERE device_id NOT LIKE '*%' ORDER BY 1, 2, 3, 4""",
     "twins": "SELECT device_id, device_type, status, {last_seen}, version, state FROM twins ORDER BY 1",
     "events": "SELECT device_id, seq, {ts}, type, payload FROM device_events ORDER BY 1, 2",
     "late": "SELECT device_id, sensor, {ts}, size_us FROM late_readings ORDER BY 1, 2, 3, 4",
@@ -335,11 +338,21 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
     finally:
         assert up.stop() == 0, up.output()
     expected = embedded_outcome(tmp_path / "up" / "fleetstream.duckdb")
+    expected_fleet = {
+        size: read_db(
+            tmp_path / "up" / "fleetstream.duckdb",
+            """SELECT sensor, epoch_us(start), count, sum, min, max, p50, p95, p99 FROM windows
+               WHERE device_id = '*' AND size_us = ? ORDER BY 2, 1""",
+            [us],
+        )
+        for size, us in SIZES.items()
+    }
 
     # The cluster: a gateway, two workers; the first worker is SIGKILLed in the middle of the load.
     bus = f"kafka://{module_tansu.bootstrap}/readings-{uuid.uuid4().hex[:8]}?partitions=8"
     workers = [Proc.run(tmp_path, "worker", "--bus", bus, "--store", cluster_db) for _ in range(2)]
     gw = start_gateway(tmp_path, bus)
+    api = start_gateway(tmp_path, bus, "api", "--store", cluster_db)
     try:
         wait_for(
             lambda: (
@@ -366,10 +379,14 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
         assert sender.error is None
         assert sender.done == len(batches)
         got = settled(cluster_db)
+        fleet = {size: api.call("GET", f"/api/v1/windows?size={size}&{SPAN}")[1]["windows"] for size in SIZES}
+        device = api.call("GET", f"/api/v1/windows?device_id=d-3&size=1m&{SPAN}")[1]["windows"]
+        refused = api.call("PUT", "/api/v1/rules/hot", {"sensor": "temp", "above": 30})
     finally:
-        codes = [gw.stop(), *(w.stop() for w in workers)]
+        codes = [gw.stop(), api.stop(), *(w.stop() for w in workers)]
     assert codes[0] == 0, gw.output()
-    assert codes[2] == 0, workers[1].output()  # the survivor leaves the group cleanly
+    assert codes[1] == 0, api.output()
+    assert codes[3] == 0, workers[1].output()  # the survivor leaves the group cleanly
     assert takeover_s < 12, takeover_s
     print(f"takeover after SIGKILL: {takeover_s:.1f} s")
 
@@ -386,6 +403,23 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
     assert {e[3] for e in expected["events"]} >= {"registered", "startup", "heartbeat"}
     assert got["late"] == expected["late"]
     assert got["twins"] == expected["twins"]
+
+    # the api: fleet windows merged from the partitions' partials equal the embedded fleet windows
+    # (count, min and max exactly, sum to rounding, quantiles within the sketch's accuracy), a
+    # device's windows are the stored ones, and single-writer changes are refused with the reason
+    for size in SIZES:
+        merged = [(w["sensor"], _us(w["start"]), w["count"], w["min"], w["max"]) for w in fleet[size]]
+        assert merged == [(*row[:3], *row[4:6]) for row in expected_fleet[size]]
+        for w, row in zip(fleet[size], expected_fleet[size], strict=True):
+            assert w["sum"] == pytest.approx(row[3], rel=1e-12)  # added in another order
+            for q, value in zip((w["p50"], w["p95"], w["p99"]), row[6:], strict=True):
+                assert q == pytest.approx(value, rel=0.02)
+    assert {w["sensor"] for w in fleet["10s"]} == {"temp", "hum", "cpu_usage", "mem_usage"}
+    assert [(w["start"], w["count"]) for w in device if w["sensor"] == "temp"] == [
+        (iso(BASE + timedelta(minutes=m)), 60 if m == 0 else 30) for m in range(2)
+    ]
+    assert refused[0] == 501
+    assert "cluster mode" in refused[1]["error"]["message"]
 
 
 def _ready(proc: Proc) -> bool:

@@ -97,9 +97,7 @@ def worker(
     from fleetstream.logs import setup_logging
 
     settings = _settings(bus=bus, store=store, log_level=log_level)
-    if not settings.store_url.startswith(("postgresql://", "postgres://")):
-        msg = f"cluster mode needs a PostgreSQL store: --store postgresql://... (got {store!r})"
-        raise _fail(msg)
+    _check_store(settings)
     setup_logging(settings.log_level)
 
     async def run() -> int:
@@ -119,3 +117,87 @@ def worker(
         return 0
 
     raise typer.Exit(asyncio.run(run()))
+
+
+@app.command()
+def api(
+    bus: BusOption,
+    store: StoreOption,
+    host: Annotated[str, typer.Option(envvar="FLEETSTREAM_HOST", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="FLEETSTREAM_PORT", help="HTTP port")] = 8000,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Cluster mode: the HTTP API over the shared PostgreSQL store (queries, fleet windows merged
+    from the workers' partials); ingest publishes to Kafka like a gateway. Run as many as you like."""
+    settings = _settings(bus=bus, store=store, host=host, port=port, log_level=log_level)
+    _check_store(settings)
+    _check_port(settings.host, settings.port)
+    raise typer.Exit(asyncio.run(serve_cluster(settings, with_worker=False)))
+
+
+def _check_store(settings: Settings) -> None:
+    if not settings.store_url.startswith(("postgresql://", "postgres://")):
+        msg = f"cluster mode needs a PostgreSQL store: --store postgresql://... (got {settings.store_url!r})"
+        raise _fail(msg)
+
+
+async def serve_cluster(settings: Settings, *, with_worker: bool) -> int:
+    """Serve the api (and, with ``with_worker``, a worker in the same process: ``up`` on Kafka and
+    PostgreSQL); returns the exit code."""
+    from fleetstream.api.app import create_app
+    from fleetstream.cli import _Server
+    from fleetstream.cluster.api import ApiRuntime, SingleWriterOnly
+    from fleetstream.cluster.worker import Worker
+    from fleetstream.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    runtime = ApiRuntime(settings)
+    node = Worker(settings) if with_worker else None
+    try:
+        await runtime.start()
+        if node is not None:
+            await node.start()
+    except FleetstreamError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg=typer.colors.RED)
+        await runtime.stop()
+        return 2
+    app_ = create_app(settings, runtime=runtime)
+    app_.add_middleware(SingleWriterOnly)
+    config = uvicorn.Config(
+        app_,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        log_level=settings.log_level.lower(),
+    )
+    stopped = False
+
+    async def on_stopped() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        if node is not None:
+            await node.stop()
+        await runtime.stop()
+
+    server = _Server(config, runtime, on_stopped)
+    log.info("api on http://%s:%d over %s", settings.host, settings.port, settings.bus)
+    try:
+        await server.serve()
+    finally:
+        await on_stopped()
+    return 0 if server.started else 1
+
+
+def run_up_cluster(settings: Settings) -> int:
+    """``fleetstream up --bus kafka://... --store postgresql://...``: gateway, worker and api in one
+    process (one member of the worker group; start ``fleetstream worker`` processes to add more)."""
+    from fleetstream.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    if settings.simulator.enabled and settings.simulator.devices > 0:
+        log.warning("the built-in simulator does not run in cluster mode: use `fleetstream simulate`")
+    return asyncio.run(serve_cluster(settings, with_worker=True))

@@ -14,9 +14,8 @@ is dropped (its checkpoint is already stored with the last batch) and a gained o
 from its checkpoint (see :mod:`.partitions`). Every second each partition's wall-clock timers run
 (idle windows close, silent devices change status) and what they emit is stored the same way.
 
-Fleet-wide windows (device ``*``) are not stored by workers: a partition sees only its devices,
-so its fleet window is a partial aggregate that would overwrite the other partitions' (see
-docs/deploy.md, "Cluster mode").
+Fleet-wide windows (device ``*``) of a partition are partial aggregates: they are stored under
+the partition's own key and merged on read (:mod:`.fleet`).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.adapters.bus.kafka_subscription import KafkaBatch
 from fleetstream.adapters.store.postgres import PostgresStore
 from fleetstream.cluster.dedup import deduplicate
+from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
 from fleetstream.config import Settings
 from fleetstream.domain.batch import Batch
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKER_GROUP = "fleetstream-workers"
-FLEET = "*"
 
 
 class _Partition:
@@ -212,7 +211,9 @@ class Worker:
                 missing = processors.missing(fresh)
                 if missing:
                     processors.load(await self.store.load_twins(missing))
-                derived.extend(processors.on_batch(fresh, now))
+                out = processors.on_batch(fresh, now)
+                out.windows = tag_partials(out.windows, number)
+                derived.extend(out)
                 processors.alert_changes = []
                 fresh_batches.append(fresh)
             await self._store(fresh_batches, derived, ends)
@@ -230,7 +231,6 @@ class Worker:
 
     async def _store(self, batches: Sequence[Batch], derived: Derived, ends: dict[int, int]) -> None:
         """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions."""
-        derived.windows = [w for w in derived.windows if w.device_id != FLEET]
         checkpoints = []
         for number, end in ends.items():
             part = self.partitions[number]
@@ -263,6 +263,7 @@ class Worker:
             touched: dict[int, int] = {}
             for number, part in self.partitions.items():
                 out = part.processors.on_timer(now)
+                out.windows = tag_partials(out.windows, number)
                 part.processors.alert_changes = []
                 if out:
                     derived.extend(out)
