@@ -437,3 +437,25 @@ def _watermark(proc: Proc) -> str:
 
 def _us(timestamp: str) -> int:
     return int(datetime.fromisoformat(timestamp).timestamp() * 1_000_000)
+
+
+def test_up_on_kafka_and_postgresql_runs_gateway_worker_and_api_in_one_process(
+    tmp_path: Path, postgres_url: str, module_tansu: Tansu
+) -> None:
+    bus = f"kafka://{module_tansu.bootstrap}/readings-{uuid.uuid4().hex[:8]}?partitions=4"
+    up = start_gateway(tmp_path, bus, "up", "--store", postgres_url, "--no-simulator", "--no-table")
+    try:
+        body = [reading(f"u-{d}", s, float(s)) for s in range(12) for d in range(3)]
+        assert up.call("POST", "/api/v1/telemetry", body)[:2] == (202, {"accepted": 36, "rejected": []})
+
+        def stored() -> Any:
+            status, got, _ = up.call(
+                "GET", "/api/v1/metrics?from=2024-06-01T00:00:00Z&to=2024-06-02T00:00:00Z&agg=count,sum"
+            )
+            return status == 200 and got["metrics"].get("t", {}).get("count") == 36 and got
+
+        metrics = wait_for(stored, timeout=30, interval=0.3)
+        assert metrics["metrics"]["t"]["sum"] == 3 * sum(range(12))
+    finally:
+        assert up.stop() == 0, up.output()
+    assert "worker" in up.output()  # the worker ran in the same process
