@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from ..servers import Postgres, Tansu, free_port
-from ._support import iso, read_db, wait_for
+from ._support import iso, read_db, sse_frames, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -299,6 +299,30 @@ class PacedSender(threading.Thread):
             self.error = exc
 
 
+class WindowWatcher(threading.Thread):
+    """Collects the windows of an SSE stream (the newest version of each)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.windows: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        with contextlib.suppress(httpx.HTTPError), httpx.stream("GET", self.url, timeout=None) as resp:
+            for frame in sse_frames(resp.iter_bytes()):
+                if frame["event"] == "window":
+                    self.windows += frame["data"] if isinstance(frame["data"], list) else [frame["data"]]
+
+
+def _live_temp_count(api: Proc) -> int:
+    status, body, _ = api.call("GET", "/api/v1/stats/live")
+    return int(body["sensors"].get("temp", {}).get("count", 0)) if status == 200 else -1
+
+
+def _size_us(size: str) -> int:
+    return SIZES[size]
+
+
 def took(worker: Proc) -> list[list[int]]:
     """The partition lists a worker logged taking, in order."""
     return [
@@ -362,6 +386,8 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
             timeout=60,
             interval=0.2,
         )
+        watcher = WindowWatcher(f"http://127.0.0.1:{api.port}/api/v1/stream/windows?device_id=d-0")
+        watcher.start()
         sender = PacedSender(f"http://127.0.0.1:{gw.port}", batches, 0.15)
         sender.start()
         wait_for(lambda: sender.done >= len(batches) // 2, timeout=60)
@@ -379,6 +405,8 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
         assert sender.error is None
         assert sender.done == len(batches)
         got = settled(cluster_db)
+        stored_temp = sum(1 for row in got["readings"] if row[1] == "temp")
+        live = wait_for(lambda: _live_temp_count(api) == stored_temp, timeout=15, interval=0.3)
         fleet = {size: api.call("GET", f"/api/v1/windows?size={size}&{SPAN}")[1]["windows"] for size in SIZES}
         device = api.call("GET", f"/api/v1/windows?device_id=d-3&size=1m&{SPAN}")[1]["windows"]
         refused = api.call("PUT", "/api/v1/rules/hot", {"sensor": "temp", "above": 30})
@@ -418,6 +446,12 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
     assert [(w["start"], w["count"]) for w in device if w["sensor"] == "temp"] == [
         (iso(BASE + timedelta(minutes=m)), 60 if m == 0 else 30) for m in range(2)
     ]
+    assert live  # the workers' partial live stats, merged by the api, count every stored reading
+    # windows streamed live by the api (from the workers, after their commit) are stored ones
+    final = {(w[0], w[2], w[3]): w[4] for w in got["windows"] if w[1] == "d-0"}
+    streamed = {(w["sensor"], _size_us(w["size"]), _us(w["start"])): w["count"] for w in watcher.windows}
+    assert len(streamed) >= 10, api.output()[-3000:]
+    assert {key: final[key] for key in streamed} == streamed
     assert refused[0] == 501
     assert "cluster mode" in refused[1]["error"]["message"]
 

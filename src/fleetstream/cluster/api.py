@@ -2,7 +2,8 @@
 
 The api process runs the same HTTP app as ``fleetstream up`` over a runtime whose engine does not
 consume: queries read the store (fleet windows merged from the workers' partials, see
-:mod:`.fleet`), and ingest publishes to Kafka as a gateway does. What needs the single writer of a
+:mod:`.fleet`), ingest publishes to Kafka as a gateway does, and the live streams and statistics
+come from the workers through Kafka (:mod:`.live`). What needs the single writer of a
 device's state (rule and zone changes, alert acknowledgements, device shadow updates, the
 built-in simulator, device type registration) answers 501 with a message saying so: in cluster
 mode these are not forwarded to the owning worker yet (docs/deploy.md, "Cluster mode").
@@ -18,7 +19,9 @@ from typing import cast
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.cluster.fleet import ClusterPostgresStore
+from fleetstream.cluster.live import LiveRelay
 from fleetstream.config import Settings
 from fleetstream.ports import Store
 from fleetstream.runtime import Runtime
@@ -45,11 +48,15 @@ class ApiRuntime(Runtime):
         # the PostgreSQL store has no rule definitions yet: those endpoints answer 501 here
         super().__init__(settings, store=cast("Store", ClusterPostgresStore(settings.store_url)))
         self._idle: asyncio.Task[None] | None = None
+        self.relay: LiveRelay | None = None
 
     async def start(self) -> None:
         await self.store.start()
         await self.bus.start()
         self.engine.sensors_seen = await self.store.sensors()
+        if isinstance(self.bus, KafkaBus):
+            self.relay = LiveRelay(self.bus, self.engine)
+            await self.relay.start()
         # readiness looks at the engine's task: here it only says the api is up
         self._idle = asyncio.create_task(_forever(), name="fleetstream-api")
         self.engine._task = self._idle
@@ -57,6 +64,8 @@ class ApiRuntime(Runtime):
 
     async def stop(self) -> None:
         self.started = False
+        if self.relay is not None:
+            await self.relay.stop()
         if self._idle is not None:
             self._idle.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
-from fleetstream.cli import _check_port, _fail, app
+from fleetstream.cli import _check_port, _fail, _Server, app
 from fleetstream.config import Settings, load_settings
 from fleetstream.errors import ConfigError, FleetstreamError
 
@@ -24,6 +24,16 @@ StoreOption = Annotated[
     str, typer.Option(envvar="FLEETSTREAM_STORE", help="the PostgreSQL store, postgresql://user@host/db")
 ]
 LogLevelOption = Annotated[str, typer.Option(envvar="FLEETSTREAM_LOG_LEVEL", help="log level")]
+
+
+class _ClusterServer(_Server):
+    """Also ends the live streams the api relays from Kafka when shutdown starts."""
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        engine = self.runtime.engine
+        for channel in (engine.windows, engine.events, engine.alerts):
+            channel.close()
+        await super().shutdown(sockets)
 
 
 class _CleanExit(uvicorn.Server):
@@ -145,7 +155,6 @@ async def serve_cluster(settings: Settings, *, with_worker: bool) -> int:
     """Serve the api (and, with ``with_worker``, a worker in the same process: ``up`` on Kafka and
     PostgreSQL); returns the exit code."""
     from fleetstream.api.app import create_app
-    from fleetstream.cli import _Server
     from fleetstream.cluster.api import ApiRuntime, SingleWriterOnly
     from fleetstream.cluster.worker import Worker
     from fleetstream.logs import setup_logging
@@ -183,7 +192,7 @@ async def serve_cluster(settings: Settings, *, with_worker: bool) -> int:
             await node.stop()
         await runtime.stop()
 
-    server = _Server(config, runtime, on_stopped)
+    server = _ClusterServer(config, runtime, on_stopped)
     log.info("api on http://%s:%d over %s", settings.host, settings.port, settings.bus)
     try:
         await server.serve()

@@ -36,12 +36,14 @@ from fleetstream.adapters.bus.kafka_subscription import KafkaBatch
 from fleetstream.adapters.store.postgres import PostgresStore
 from fleetstream.cluster.dedup import deduplicate
 from fleetstream.cluster.fleet import tag_partials
+from fleetstream.cluster.live import LivePublisher
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
 from fleetstream.config import Settings
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock, SystemClock
 from fleetstream.domain.dedup import Deduplicator
 from fleetstream.domain.records import DedupKey
+from fleetstream.domain.windows import ALL_DEVICES
 from fleetstream.engine.processors import StreamProcessors
 from fleetstream.engine.rule_control import RuleControl
 from fleetstream.errors import ConfigError
@@ -93,6 +95,7 @@ class Worker:
         self.dedup = Deduplicator(self.stream.dedup_horizon_us)
         self.checkpoints = PartitionStore(self.store, self.bus.topic_name(READINGS_TOPIC))
         self.partitions: dict[int, _Partition] = {}
+        self.live = LivePublisher(self.bus, self.worker_id)
         self.rules = RuleControl(cast("Engine", _RuleHost(self.store, StreamProcessors(self.stream))))
         self.batches_total = 0
         self.readings_total = 0
@@ -106,6 +109,7 @@ class Worker:
         await self.store.start()
         await self.checkpoints.start()
         await self.bus.start()
+        await self.live.start()
         if hasattr(self.store, "definitions"):
             await self.rules.load()
         else:
@@ -126,6 +130,7 @@ class Worker:
                 await asyncio.wait_for(self._task, 30)
             except TimeoutError:
                 log.warning("worker %s: the consumer did not stop within 30 s", self.worker_id)
+        self.live.close()
         await self.store.close()
 
     @property
@@ -181,12 +186,19 @@ class Worker:
 
     async def _handle(self, taken: KafkaBatch) -> None:
         async with self._lock:
-            ok = await self._process(taken)
-        if ok:
+            stored = await self._process(taken)
+        if stored is not None:
             await taken.commit()
+            self._announce(stored)
 
-    async def _process(self, taken: KafkaBatch) -> bool:
-        """Process and store one Kafka batch; False (after rewinding it) if storing failed."""
+    def _announce(self, stored: Derived) -> None:
+        """Publish stored device windows and events to the api instances (partial fleet windows
+        are only meaningful merged, so they are not streamed)."""
+        windows = [w for w in stored.windows if not w.device_id.startswith(ALL_DEVICES)]
+        self.live.stored(windows, stored.events)
+
+    async def _process(self, taken: KafkaBatch) -> Derived | None:
+        """Process and store one Kafka batch: what it stored, or None (after rewinding it) if that failed."""
         pieces: dict[int, list[tuple[int, Slice]]] = defaultdict(list)
         ends: dict[int, int] = {}
         for record in taken.records:
@@ -224,10 +236,10 @@ class Worker:
                     self.partitions[number] = await self._restore(number)
             log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.batch.records, exc)
             await taken.fail(exc)
-            return False
+            return None
         self.batches_total += 1
         self.readings_total += sum(len(b) for b in fresh_batches)
-        return True
+        return derived
 
     async def _store(self, batches: Sequence[Batch], derived: Derived, ends: dict[int, int]) -> None:
         """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions."""
@@ -247,6 +259,7 @@ class Worker:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.engine.flush_interval_s)
+            self.live.stats({n: part.processors.stats for n, part in self.partitions.items()})
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -276,6 +289,7 @@ class Worker:
                 for number in touched:  # their state moved past the store: back to the checkpoint
                     self.partitions[number] = await self._restore(number)
                 raise
+        self._announce(derived)
 
     def status(self) -> dict[str, Any]:
         """Counters and assignment, as JSON."""
