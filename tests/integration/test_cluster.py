@@ -125,12 +125,14 @@ def reading(device: str, second: int, value: float) -> dict[str, Any]:
     return {"device_id": device, "timestamp": ts, "sensor": "t", "value": value}
 
 
-def consumed(bootstrap: str, group: str, want: int, timeout: float) -> set[tuple[str, int]]:
+def consumed(
+    bootstrap: str, group: str, want: int, timeout: float, topic: str = "readings"
+) -> set[tuple[str, int]]:
     """(device, ts) of the readings a fresh consumer group reads from the readings topic."""
     from fleetstream.adapters.bus.kafka import KafkaBus
 
     async def run() -> set[tuple[str, int]]:
-        bus = KafkaBus(f"kafka://{bootstrap}")
+        bus = KafkaBus(f"kafka://{bootstrap}/{topic}")
         await bus.start()
         seen: set[tuple[str, int]] = set()
         try:
@@ -493,3 +495,43 @@ def test_up_on_kafka_and_postgresql_runs_gateway_worker_and_api_in_one_process(
     finally:
         assert up.stop() == 0, up.output()
     assert "worker" in up.output()  # the worker ran in the same process
+
+
+def test_gateway_takes_a_kafka_source_into_the_bus_and_keeps_dead_letters_in_the_store(
+    tmp_path: Path, module_tansu: Tansu, postgres_url: str
+) -> None:
+    from confluent_kafka import Producer
+
+    topic = f"device-events-{uuid.uuid4().hex[:8]}"
+    readings = f"readings-{uuid.uuid4().hex[:8]}"
+    bus = f"kafka://{module_tansu.bootstrap}/{readings}?partitions=2"
+    source = f"kafka://{module_tansu.bootstrap}/{topic}"
+
+    refused = Proc.run(
+        tmp_path, "gateway", "--bus", bus, "--kafka-source", source, "--port", str(free_port())
+    )
+    assert refused.proc.wait(30) == 2
+    assert "--store" in refused.output()
+
+    gw = start_gateway(tmp_path, bus, "gateway", "--kafka-source", source, "--store", postgres_url)
+    try:
+        producer = Producer({"bootstrap.servers": module_tansu.bootstrap, "acks": "all"})
+        for second in range(5):
+            producer.produce(topic, json.dumps(reading("k-1", second, float(second))).encode(), b"k-1")
+        producer.produce(topic, b'{"device_id": "k-1", "sensor": "t", "value": "warm"}', b"k-1")
+        assert producer.flush(15) == 0
+
+        def dead_letters() -> list[tuple[Any, ...]]:
+            with psycopg.connect(postgres_url) as con:
+                return con.execute("SELECT source, topic FROM dead_letters").fetchall()
+
+        assert wait_for(dead_letters, timeout=30, interval=0.3) == [("kafka", topic)]
+        status, ready, _ = gw.call("GET", "/readyz")
+        assert status == 200
+        assert ready["sources"]["kafka"]["connected"] is True
+    finally:
+        assert gw.stop() == 0, gw.output()
+    base = 1_717_200_000_000_000
+    want = {("k-1", base + s * 1_000_000) for s in range(5)}
+    group = f"check-{uuid.uuid4().hex}"
+    assert consumed(module_tansu.bootstrap, group, 5, 30, readings) == want

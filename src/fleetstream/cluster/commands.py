@@ -13,6 +13,7 @@ import uvicorn
 from fleetstream.cli import _check_port, _fail, _Server, app
 from fleetstream.config import Settings, load_settings
 from fleetstream.errors import ConfigError, FleetstreamError
+from fleetstream.ingest.mqtt import DEFAULT_TOPIC
 
 log = logging.getLogger("fleetstream")
 
@@ -60,9 +61,30 @@ def gateway(
     bus: BusOption,
     host: Annotated[str, typer.Option(envvar="FLEETSTREAM_HOST", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="FLEETSTREAM_PORT", help="HTTP port")] = 8000,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_MQTT", help="also take telemetry from this MQTT broker (needs --store)"
+        ),
+    ] = None,
+    mqtt_topic: Annotated[
+        str,
+        typer.Option(envvar="FLEETSTREAM_MQTT_TOPIC", help="MQTT topic filter; $share/<group>/... to share"),
+    ] = DEFAULT_TOPIC,
+    kafka_source: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_KAFKA_SOURCE",
+            help="also consume device messages from this Kafka topic, kafka://host/topic (needs --store)",
+        ),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(envvar="FLEETSTREAM_STORE", help="where --mqtt/--kafka-source keep dead letters"),
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
-    """Cluster mode: take HTTP telemetry and publish it to Kafka (no store, no processing).
+    """Cluster mode: take HTTP telemetry (and MQTT or Kafka device messages) and publish it to Kafka.
 
     Answers 202 once the broker acknowledged, 503 with Retry-After while it is unreachable.
     Run as many gateways as you like behind a load balancer; workers process what they publish.
@@ -70,10 +92,22 @@ def gateway(
     from fleetstream.cluster.gateway import GatewayNode, create_gateway_app
     from fleetstream.logs import setup_logging
 
-    settings = _settings(bus=bus, host=host, port=port, log_level=log_level)
+    settings = _settings(
+        bus=bus,
+        host=host,
+        port=port,
+        log_level=log_level,
+        mqtt=mqtt,
+        mqtt_topic=mqtt_topic,
+        kafka_source=kafka_source,
+        store=store,
+    )
     _check_port(settings.host, settings.port)
     setup_logging(settings.log_level)
-    node = GatewayNode(settings)
+    try:
+        node = GatewayNode(settings)
+    except ConfigError as exc:
+        raise _fail(exc.message) from None
 
     async def serve() -> None:
         await node.start()

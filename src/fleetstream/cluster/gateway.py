@@ -1,9 +1,13 @@
-"""``fleetstream gateway``: HTTP ingest straight to the Kafka bus, with no store and no engine.
+"""``fleetstream gateway``: HTTP (and MQTT, Kafka) ingest straight to the Kafka bus, no engine.
 
 A request is answered 202 only once the broker acknowledged every accepted message (the bus's
 publish waits for its delivery reports); while the broker cannot be reached the answer is 503
 with ``Retry-After`` and an error body naming the broker, never a crash. ``/readyz`` asks the
 broker for its metadata, so a load balancer stops sending to a gateway whose broker is gone.
+
+With ``--mqtt`` or ``--kafka-source`` the gateway also takes device messages from those brokers,
+acknowledging (MQTT PUBACK, Kafka offset commit) only once the bus publish returned; what cannot be
+ingested is kept as a dead letter, in the ``--store`` the gateway then needs for that alone.
 """
 
 from __future__ import annotations
@@ -12,19 +16,21 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from fleetstream import __version__
-from fleetstream.adapters import BUSES, by_url
+from fleetstream.adapters import BUSES, STORES, by_url
 from fleetstream.api import errors
 from fleetstream.api.routes import ingest
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock, SystemClock
+from fleetstream.errors import ConfigError
 from fleetstream.ingest.gateway import Gateway
-from fleetstream.ports import Bus
+from fleetstream.ingest.intake import Intake
+from fleetstream.ports import Bus, Source, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +51,58 @@ class GatewayNode:
             ack_timeout_s=settings.ingest.ack_timeout_s,
         )
         self.gateway = Gateway(self.bus, self.clock, settings.ingest)
+        self.store: Store | None = None  # only for the dead letters of device-side sources
+        self.sources: dict[str, Source] = {}
         self.started = False
+        if settings.mqtt or settings.kafka_source:
+            self._add_sources(settings)
+
+    def _add_sources(self, settings: Settings) -> None:
+        """MQTT and Kafka device-side sources, acknowledging a message once its publish returned."""
+        if settings.store is None:
+            msg = (
+                "--mqtt and --kafka-source keep the messages they cannot ingest as dead letters: "
+                "give the gateway --store postgresql://... for them"
+            )
+            raise ConfigError(msg)
+        self.store = cast("Store", by_url(STORES, settings.store_url, "store"))
+        if settings.mqtt:
+            from fleetstream.adapters.mqtt import MqttSource, default_client_id
+
+            intake = Intake(self.gateway, self.store, self.clock, "mqtt")
+            client_id = default_client_id(settings.port)
+            mqtt = MqttSource(settings.mqtt, topic=settings.mqtt_topic, intake=intake, client_id=client_id)
+            self.sources[mqtt.name] = mqtt
+        if settings.kafka_source:
+            from fleetstream.adapters.kafka_source import KafkaSource
+
+            kafka = KafkaSource(
+                settings.kafka_source, intake=Intake(self.gateway, self.store, self.clock, "kafka")
+            )
+            self.sources[kafka.name] = kafka
 
     async def start(self) -> None:
-        """Connect to the broker (a broker that is down only makes publishes fail until it is back)."""
+        """Connect to the broker (a broker that is down only makes publishes fail until it is back),
+        then start the sources."""
+        if self.store is not None:
+            await self.store.start()
         await self.bus.start()
+        for source in self.sources.values():
+            await source.start()
         self.started = True
 
     async def stop(self) -> None:
-        """Disconnect; publishes still waiting fail (their senders get a 503 and retry)."""
+        """Stop the sources (what they hold is published first), then disconnect; publishes still
+        waiting fail (their senders get a 503 and retry)."""
         self.started = False
+        for source in self.sources.values():
+            try:
+                await source.stop()
+            except Exception:
+                log.exception("stopping source %s failed", source.name)
         await self.bus.close()
+        if self.store is not None:
+            await self.store.close()
 
     async def broker_status(self) -> tuple[bool, str]:
         """Whether the broker answers a metadata request now, and what it said."""
@@ -96,6 +143,8 @@ def create_gateway_app(node: GatewayNode) -> FastAPI:
             return JSONResponse({"status": "unavailable", "reason": "gateway not started"}, 503)
         ok, detail = await node.broker_status()
         body: dict[str, Any] = {"status": "ready" if ok else "unavailable", "broker": detail}
+        if node.sources:
+            body["sources"] = {name: source.status() for name, source in node.sources.items()}
         if not ok:
             body["reason"] = detail
         return JSONResponse(body, 200 if ok else 503)
