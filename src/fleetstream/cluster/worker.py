@@ -102,6 +102,7 @@ class Worker:
         self.skipped_total = 0
         self._lock = asyncio.Lock()  # batches, timers and rebalances change partitions one at a time
         self._task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -124,6 +125,8 @@ class Worker:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
+        if self._commits:
+            await asyncio.wait(self._commits, timeout=10)
         await self.bus.close()
         if self._task is not None:
             try:
@@ -188,7 +191,12 @@ class Worker:
         async with self._lock:
             stored = await self._process(taken)
         if stored is not None:
-            await taken.commit()
+            # The offset commit waits for the broker; the next batch need not wait for it (the
+            # checkpoint is stored: a commit lost to a crash only makes the next owner skip more).
+            # Commits run in order (the subscription commits one at a time, in call order).
+            commit = asyncio.create_task(taken.commit())
+            self._commits.add(commit)
+            commit.add_done_callback(self._commits.discard)
             self._announce(stored)
 
     def _announce(self, stored: Derived) -> None:
