@@ -27,13 +27,13 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from fleetstream.adapters import BUSES, STORES, by_url
 from fleetstream.adapters.bus.codec import Slice
 from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.adapters.bus.kafka_subscription import KafkaBatch
 from fleetstream.adapters.store.postgres import PostgresStore
+from fleetstream.cluster.adapters import kafka_bus, postgres_store
 from fleetstream.cluster.dedup import deduplicate
 from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
@@ -46,7 +46,6 @@ from fleetstream.domain.records import DedupKey
 from fleetstream.domain.windows import ALL_DEVICES
 from fleetstream.engine.processors import StreamProcessors
 from fleetstream.engine.rule_control import RuleControl
-from fleetstream.errors import ConfigError
 from fleetstream.ports import READINGS_TOPIC, Derived
 
 if TYPE_CHECKING:
@@ -88,8 +87,8 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.bus: KafkaBus = bus or _kafka_bus(settings)
-        self.store: PostgresStore = store or _postgres_store(settings)
+        self.bus: KafkaBus = bus or kafka_bus(settings)
+        self.store: PostgresStore = store or postgres_store(settings)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.stream = settings.stream
         self.dedup = Deduplicator(self.stream.dedup_horizon_us)
@@ -298,29 +297,3 @@ class Worker:
                     self.partitions[number] = await self._restore(number)
                 raise
         self._announce(derived)
-
-    def status(self) -> dict[str, Any]:
-        """Counters and assignment, as JSON."""
-        return {
-            "worker_id": self.worker_id,
-            "partitions": sorted(self.partitions),
-            "batches_total": self.batches_total,
-            "readings_total": self.readings_total,
-            "skipped_total": self.skipped_total,
-        }
-
-
-def _kafka_bus(settings: Settings) -> KafkaBus:
-    bus = by_url(BUSES, settings.bus, "bus", ack_timeout_s=settings.ingest.ack_timeout_s)
-    if not isinstance(bus, KafkaBus):
-        msg = f"a worker consumes a Kafka bus: --bus kafka://host:port, not {settings.bus!r}"
-        raise ConfigError(msg)
-    return bus
-
-
-def _postgres_store(settings: Settings) -> PostgresStore:
-    store = by_url(STORES, settings.store_url, "store")
-    if not isinstance(store, PostgresStore):
-        msg = f"workers share a PostgreSQL store: --store postgresql://..., not {settings.store_url!r}"
-        raise ConfigError(msg)
-    return store
