@@ -90,7 +90,9 @@ def up(
     ] = None,
     bus: Annotated[
         str | None,
-        typer.Option(envvar="FLEETSTREAM_BUS", help="the durable log: memory:// (default) or kafka://host:port"),
+        typer.Option(
+            envvar="FLEETSTREAM_BUS", help="the durable log: memory:// (default) or kafka://host:port"
+        ),
     ] = None,
     mqtt: Annotated[
         str | None,
