@@ -95,6 +95,12 @@ def up(
             envvar="FLEETSTREAM_STORE", help="store URL (default duckdb:///<data>/fleetstream.duckdb)"
         ),
     ] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSTREAM_BUS", help="the durable log: memory:// (default) or kafka://host:port"
+        ),
+    ] = None,
     mqtt: Annotated[
         str | None,
         typer.Option(
@@ -172,6 +178,7 @@ def up(
             port=port,
             data=data,
             store=store,
+            bus=bus,
             mqtt=mqtt,
             mqtt_topic=mqtt_topic,
             kafka_source=kafka_source,
@@ -194,7 +201,12 @@ def up(
     except ConfigError as exc:
         raise _fail(exc.message) from None
     _check_port(settings.host, settings.port)
-    code = _run_up(settings)
+    if settings.bus.startswith("kafka://") and settings.store_url.startswith(("postgresql:", "postgres:")):
+        from fleetstream.cluster.commands import run_up_cluster  # gateway + worker + api (docs/deploy.md)
+
+        code = run_up_cluster(settings)
+    else:
+        code = _run_up(settings)
     # Everything is stored and closed by now. Skip interpreter teardown: the DuckDB and Arrow
     # bindings print pages of "nanobind: leaked ..." warnings there, which only alarm users.
     sys.stdout.flush()
@@ -494,3 +506,7 @@ def version() -> None:
 def main() -> None:
     """Entry point of the ``fleetstream`` script."""
     app()
+
+
+# cluster mode (gateway, worker) registers its commands on ``app``
+from fleetstream.cluster import commands as _cluster_commands  # noqa: E402, F401

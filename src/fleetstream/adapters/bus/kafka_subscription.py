@@ -79,6 +79,7 @@ class KafkaBatch:
 
     def __init__(self, sub: Subscription, records: list[_Record]) -> None:
         self._sub = sub
+        self.records = records  # (partition, offset, slice) each: per-partition consumers need them
         self.batch = join_slices([r.piece for r in records if r.piece is not None])
         self.first: dict[int, int] = {}
         self.next: dict[int, int] = {}

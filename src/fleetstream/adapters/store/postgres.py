@@ -140,37 +140,7 @@ class PostgresStore:
 
     async def write(self, batch: Batch) -> None:
         async with self._writing() as con:
-            if len(batch):
-                positions = _message_positions(batch)
-                order = np.argsort(np.asarray(batch.ts, np.int64), kind="stable").tolist()
-                columns = (
-                    batch.seq,
-                    batch.device_id,
-                    batch.ts,
-                    batch.sensor,
-                    batch.value,
-                    batch.unit,
-                    batch.device_type,
-                    batch.msg_id,
-                    batch.received_at,
-                    batch.kind,
-                    [None if p is None else int(p) for p in positions],
-                )
-                cur = con.cursor()
-                async with cur.copy(f"COPY readings ({_READING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(_READING_TYPES)
-                    for i in order:
-                        await copy.write_row([column[i] for column in columns])
-            if batch.events:
-                bare = sorted(batch.events, key=lambda m: m.ts)
-                cur = con.cursor()
-                async with cur.copy(
-                    f"COPY device_messages ({_MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    copy.set_types(_MESSAGE_TYPES)
-                    for m in bare:
-                        row = (m.seq, m.device_id, m.ts, m.kind, m.device_type, m.msg_id, m.received_at)
-                        await copy.write_row(row)
+            await write_batch(con, batch)
 
     # -- dead letters ------------------------------------------------------------------
 
@@ -335,6 +305,39 @@ class PostgresStore:
         async with self._writing() as con:
             rows, bare = await queries.replay_rows(con, after, max_records)
         return _replayed(rows, bare)
+
+
+async def write_batch(con: Connection, batch: Batch) -> None:
+    """Write a batch's readings and events on ``con`` (in the caller's transaction)."""
+    if len(batch):
+        positions = _message_positions(batch)
+        order = np.argsort(np.asarray(batch.ts, np.int64), kind="stable").tolist()
+        columns = (
+            batch.seq,
+            batch.device_id,
+            batch.ts,
+            batch.sensor,
+            batch.value,
+            batch.unit,
+            batch.device_type,
+            batch.msg_id,
+            batch.received_at,
+            batch.kind,
+            [None if p is None else int(p) for p in positions],
+        )
+        cur = con.cursor()
+        async with cur.copy(f"COPY readings ({_READING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_READING_TYPES)
+            for i in order:
+                await copy.write_row([column[i] for column in columns])
+    if batch.events:
+        bare = sorted(batch.events, key=lambda m: m.ts)
+        cur = con.cursor()
+        async with cur.copy(f"COPY device_messages ({_MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_MESSAGE_TYPES)
+            for m in bare:
+                row = (m.seq, m.device_id, m.ts, m.kind, m.device_type, m.msg_id, m.received_at)
+                await copy.write_row(row)
 
 
 def _store_error(exc: psycopg.Error) -> StoreError:

@@ -1,0 +1,1 @@
+"""Cluster mode: gateway, worker and api as separate processes over Kafka and PostgreSQL (docs/deploy.md)."""

@@ -1,0 +1,299 @@
+"""``fleetstream worker``: one member of the consumer group ``fleetstream-workers``.
+
+Each assigned partition of the readings topic has processors of its own (dedup memory aside,
+which is keyed by device and so shared). For every batch taken from Kafka::
+
+    per partition: skip records below its checkpoint offset (already stored and processed)
+      → dedup (memory, then the store) → processors (windows, twins, live stats, rules)
+      → ONE transaction: new readings + derived rows + each touched partition's checkpoint
+      → commit the Kafka offsets
+
+A failed transaction drops the touched partitions' state (it has seen records the store has not),
+restores it from their checkpoints and rewinds the batch. On a rebalance a lost partition's state
+is dropped (its checkpoint is already stored with the last batch) and a gained one is restored
+from its checkpoint (see :mod:`.partitions`). Every second each partition's wall-clock timers run
+(idle windows close, silent devices change status) and what they emit is stored the same way.
+
+Fleet-wide windows (device ``*``) of a partition are partial aggregates: they are stored under
+the partition's own key and merged on read (:mod:`.fleet`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from fleetstream.adapters.bus.codec import Slice
+from fleetstream.adapters.bus.kafka import KafkaBus
+from fleetstream.adapters.bus.kafka_subscription import KafkaBatch
+from fleetstream.adapters.store.postgres import PostgresStore
+from fleetstream.cluster.adapters import kafka_bus, postgres_store
+from fleetstream.cluster.dedup import deduplicate
+from fleetstream.cluster.fleet import tag_partials
+from fleetstream.cluster.live import LivePublisher
+from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
+from fleetstream.config import Settings
+from fleetstream.domain.batch import Batch
+from fleetstream.domain.clock import Clock, SystemClock
+from fleetstream.domain.dedup import Deduplicator
+from fleetstream.domain.records import DedupKey
+from fleetstream.domain.windows import ALL_DEVICES
+from fleetstream.engine.processors import StreamProcessors
+from fleetstream.engine.rule_control import RuleControl
+from fleetstream.ports import READINGS_TOPIC, Derived
+
+if TYPE_CHECKING:
+    from fleetstream.engine.pipeline import Engine
+
+log = logging.getLogger(__name__)
+
+WORKER_GROUP = "fleetstream-workers"
+
+
+class _Partition:
+    """One assigned partition: its processors and the offset of the first record they have not seen."""
+
+    def __init__(self, number: int, processors: StreamProcessors, next_offset: int) -> None:
+        self.number = number
+        self.processors = processors
+        self.next_offset = next_offset
+
+
+class _RuleHost:
+    """What :class:`RuleControl` reads when loading definitions: the store and processors to configure."""
+
+    def __init__(self, store: PostgresStore, processors: StreamProcessors) -> None:
+        self.store = store
+        self.processors = processors
+
+
+class Worker:
+    """Consumes its share of the readings topic into PostgreSQL; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: KafkaBus | None = None,
+        store: PostgresStore | None = None,
+        clock: Clock | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.bus: KafkaBus = bus or kafka_bus(settings)
+        self.store: PostgresStore = store or postgres_store(settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.stream = settings.stream
+        self.dedup = Deduplicator(self.stream.dedup_horizon_us)
+        self.checkpoints = PartitionStore(self.store, self.bus.topic_name(READINGS_TOPIC))
+        self.partitions: dict[int, _Partition] = {}
+        self.live = LivePublisher(self.bus, self.worker_id)
+        self.rules = RuleControl(cast("Engine", _RuleHost(self.store, StreamProcessors(self.stream))))
+        self.batches_total = 0
+        self.readings_total = 0
+        self.skipped_total = 0
+        self._lock = asyncio.Lock()  # batches, timers and rebalances change partitions one at a time
+        self._task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the store and the bus, read the rules, join the consumer group."""
+        await self.store.start()
+        await self.checkpoints.start()
+        await self.bus.start()
+        await self.live.start()
+        if hasattr(self.store, "definitions"):
+            await self.rules.load()
+        else:
+            log.warning("this store keeps no rule definitions: workers run without rules and alerts")
+        self._task = asyncio.create_task(self._run(), name="fleetstream-worker")
+        self._timer = asyncio.create_task(self._tick_forever(), name="fleetstream-worker-timer")
+        log.info("worker %s started in group %r", self.worker_id, WORKER_GROUP)
+
+    async def stop(self) -> None:
+        """Leave the group (the partitions move to the other workers at once), then close."""
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        if self._commits:
+            await asyncio.wait(self._commits, timeout=10)
+        await self.bus.close()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 30)
+            except TimeoutError:
+                log.warning("worker %s: the consumer did not stop within 30 s", self.worker_id)
+        self.live.close()
+        await self.store.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the consumer loop runs."""
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        batches = self.bus.subscribe(
+            READINGS_TOPIC,
+            WORKER_GROUP,
+            self.settings.engine.batch_max_records,
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+        )
+        async for taken in batches:
+            await self._handle(taken)
+
+    # -- rebalances -------------------------------------------------------------------------
+
+    async def _assigned(self, partitions: list[int]) -> None:
+        async with self._lock:
+            for number in partitions:
+                self.partitions[number] = await self._restore(number)
+            await self._remember_recent()
+        log.info("worker %s: took partitions %s", self.worker_id, partitions)
+
+    async def _revoked(self, partitions: list[int]) -> None:
+        async with self._lock:
+            for number in partitions:
+                self.partitions.pop(number, None)  # its checkpoint was stored with its last batch
+        log.info("worker %s: gave up partitions %s", self.worker_id, partitions)
+
+    async def _restore(self, number: int) -> _Partition:
+        processors = StreamProcessors(self.stream)
+        self.rules.configure(processors)
+        saved = await self.checkpoints.load(number)
+        if saved is None:
+            return _Partition(number, processors, 0)
+        resident = await self.store.load_twins(StreamProcessors.resident_ids(saved.state))
+        processors.restore(saved.state, resident)
+        log.info("worker %s: partition %d restored at offset %d", self.worker_id, number, saved.next_offset)
+        return _Partition(number, processors, saved.next_offset)
+
+    async def _remember_recent(self) -> None:
+        """Load the dedup keys stored recently (by whichever worker): re-sends of them are dropped."""
+        _, newest = await self.store.log_position()
+        if newest is not None:
+            recent = await self.store.recent_keys(newest - self.dedup.horizon_us)
+            self.dedup.remember([key for key, _ in recent], [ts for _, ts in recent])
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def _handle(self, taken: KafkaBatch) -> None:
+        async with self._lock:
+            stored = await self._process(taken)
+        if stored is not None:
+            # The offset commit waits for the broker; the next batch need not wait for it (the
+            # checkpoint is stored: a commit lost to a crash only makes the next owner skip more).
+            # Commits run in order (the subscription commits one at a time, in call order).
+            commit = asyncio.create_task(taken.commit())
+            self._commits.add(commit)
+            commit.add_done_callback(self._commits.discard)
+            self._announce(stored)
+
+    def _announce(self, stored: Derived) -> None:
+        """Publish stored device windows and events to the api instances (partial fleet windows
+        are only meaningful merged, so they are not streamed)."""
+        windows = [w for w in stored.windows if not w.device_id.startswith(ALL_DEVICES)]
+        self.live.stored(windows, stored.events)
+
+    async def _process(self, taken: KafkaBatch) -> Derived | None:
+        """Process and store one Kafka batch: what it stored, or None (after rewinding it) if that failed."""
+        pieces: dict[int, list[tuple[int, Slice]]] = defaultdict(list)
+        ends: dict[int, int] = {}
+        for record in taken.records:
+            part = self.partitions.get(record.partition)
+            if part is None:
+                continue  # revoked meanwhile: its new owner reads it again
+            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+            if record.offset < part.next_offset:
+                self.skipped_total += 1  # stored and checkpointed before a worker died
+                continue
+            if record.piece is not None:
+                pieces[record.partition].append((record.offset, record.piece))
+        now = self.clock.now_us()
+        fresh_batches: list[Batch] = []
+        remembered: list[DedupKey] = []
+        derived = Derived()
+        try:
+            for number, items in pieces.items():
+                fresh, keys = await deduplicate(self.dedup, self.store, partition_batch(number, items))
+                remembered += keys
+                processors = self.partitions[number].processors
+                missing = processors.missing(fresh)
+                if missing:
+                    processors.load(await self.store.load_twins(missing))
+                out = processors.on_batch(fresh, now)
+                out.windows = tag_partials(out.windows, number)
+                derived.extend(out)
+                processors.alert_changes = []
+                fresh_batches.append(fresh)
+            await self._store(fresh_batches, derived, ends)
+        except Exception as exc:
+            self.dedup.forget(remembered)
+            for number in ends:
+                if number in self.partitions:
+                    self.partitions[number] = await self._restore(number)
+            log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.batch.records, exc)
+            await taken.fail(exc)
+            return None
+        self.batches_total += 1
+        self.readings_total += sum(len(b) for b in fresh_batches)
+        return derived
+
+    async def _store(self, batches: Sequence[Batch], derived: Derived, ends: dict[int, int]) -> None:
+        """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions."""
+        checkpoints = []
+        for number, end in ends.items():
+            part = self.partitions[number]
+            derived.twins += part.processors.take_dirty()
+            part.processors.twins.take_registered()
+            end = max(end, part.next_offset)
+            checkpoints.append(PartitionCheckpoint(number, end, part.processors.snapshot()))
+        await self.checkpoints.commit(batches, derived, checkpoints, self.clock.now_us())
+        for cp in checkpoints:
+            self.partitions[cp.partition].next_offset = cp.next_offset
+
+    # -- wall-clock timers --------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.engine.flush_interval_s)
+            self.live.stats({n: part.processors.stats for n, part in self.partitions.items()})
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker %s: storing what the timers emitted failed; retrying", self.worker_id)
+
+    async def tick(self) -> None:
+        """Let the wall clock act on every partition (idle windows close, silent devices change
+        status) and store what that emitted with the partitions' checkpoints."""
+        async with self._lock:
+            now = self.clock.now_us()
+            derived = Derived()
+            touched: dict[int, int] = {}
+            for number, part in self.partitions.items():
+                out = part.processors.on_timer(now)
+                out.windows = tag_partials(out.windows, number)
+                part.processors.alert_changes = []
+                if out:
+                    derived.extend(out)
+                    touched[number] = part.next_offset
+            if not touched:
+                return
+            try:
+                await self._store([], derived, touched)
+            except Exception:
+                for number in touched:  # their state moved past the store: back to the checkpoint
+                    self.partitions[number] = await self._restore(number)
+                raise
+        self._announce(derived)
