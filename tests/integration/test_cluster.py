@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..servers import Postgres, Tansu, free_port
+from ..servers import Mosquitto, Postgres, Tansu, free_port
 from ._support import iso, read_db, sse_frames, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -533,5 +533,43 @@ def test_gateway_takes_a_kafka_source_into_the_bus_and_keeps_dead_letters_in_the
         assert gw.stop() == 0, gw.output()
     base = 1_717_200_000_000_000
     want = {("k-1", base + s * 1_000_000) for s in range(5)}
+    group = f"check-{uuid.uuid4().hex}"
+    assert consumed(module_tansu.bootstrap, group, 5, 30, readings) == want
+
+
+def test_gateway_takes_mqtt_into_the_bus_and_keeps_dead_letters_in_the_store(
+    tmp_path: Path, module_tansu: Tansu, mosquitto: Mosquitto, postgres_url: str
+) -> None:
+    from ._mqtt import Publisher
+
+    readings = f"readings-{uuid.uuid4().hex[:8]}"
+    bus = f"kafka://{module_tansu.bootstrap}/{readings}?partitions=2"
+    gw = start_gateway(tmp_path, bus, "gateway", "--mqtt", mosquitto.url, "--store", postgres_url)
+    publisher = Publisher(mosquitto.port)
+    try:
+
+        def subscribed() -> bool:
+            status, ready, _ = gw.call("GET", "/readyz")
+            return status == 200 and bool(ready["sources"]["mqtt"]["connected"])
+
+        assert wait_for(subscribed, timeout=30, interval=0.3)
+        for second in range(5):
+            # the device id from the topic: the payload has none
+            body = reading("m-1", second, float(second))
+            del body["device_id"]
+            publisher.publish("devices/m-1/telemetry", body)
+        publisher.publish("devices/m-1/telemetry", b'{"sensor": "t", "value": "warm"}')
+        publisher.wait_acked()
+
+        def dead_letters() -> list[tuple[Any, ...]]:
+            with psycopg.connect(postgres_url) as con:
+                return con.execute("SELECT source, topic FROM dead_letters").fetchall()
+
+        assert wait_for(dead_letters, timeout=30, interval=0.3) == [("mqtt", "devices/m-1/telemetry")]
+    finally:
+        publisher.close()
+        assert gw.stop() == 0, gw.output()
+    base = 1_717_200_000_000_000
+    want = {("m-1", base + s * 1_000_000) for s in range(5)}
     group = f"check-{uuid.uuid4().hex}"
     assert consumed(module_tansu.bootstrap, group, 5, 30, readings) == want
