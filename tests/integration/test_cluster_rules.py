@@ -151,6 +151,14 @@ def test_rules_alerts_acks_and_shadow_updates_work_across_processes(
         status, body, _ = api.call("POST", f"/api/v1/alerts/{opened['id']}/ack", {"by": "bo"})
         assert status == 409, body
         wait_for(lambda: [b["event"] for _, b in hooks.received] == ["opened", "cleared"], timeout=5)
+        # without a worker, a change is refused once the ingest timeout (3 s here) passed, and withdrawn
+        assert worker.stop() == 0, worker.output()
+        started = time.monotonic()
+        refused = patch(api, "/api/v1/devices/d-1/desired", {"fan": "off"})
+        assert refused.status_code == 503, refused.text
+        assert 3.0 <= time.monotonic() - started < 6.0
+        assert "no worker applied the change within 3 s" in refused.json()["error"]["message"]
+        assert refused.headers["Retry-After"] == "1"
         assert httpx.delete(f"http://127.0.0.1:{api.port}/api/v1/rules/hot").status_code == 204
         assert api.call("GET", "/api/v1/rules")[1]["rules"] == []
     finally:

@@ -55,6 +55,7 @@ class ApiRuntime(Runtime):
             settings.stream,
             settings.predictor,
             cluster_store=store,
+            command_timeout_s=settings.ingest.ack_timeout_s,  # as long as ingest waits for durability
         )
         self._idle: asyncio.Task[None] | None = None
         self.relay: LiveRelay | None = None

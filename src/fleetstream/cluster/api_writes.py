@@ -136,10 +136,16 @@ class ApiEngine(Engine):
 
     rules: ClusterRuleControl
 
-    def __init__(self, *args: Any, cluster_store: PostgresStore, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        cluster_store: PostgresStore,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.cluster_store = cluster_store
-        self.rules = ClusterRuleControl(self, cluster_store)
+        self.rules = ClusterRuleControl(self, cluster_store, command_timeout_s)
 
     async def update_shadow(
         self, device_id: str, section: str, patch: object, if_match: int | tuple[int, int] | None = None

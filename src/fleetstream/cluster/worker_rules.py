@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 COMMAND_POLL_S = 0.1
 RULES_POLL_S = 1.0
+PRUNE_EVERY_S = 60.0
+KEEP_COMMANDS_US = 3600 * 1_000_000  # done commands are kept an hour (for inspection), then deleted
 _WEBHOOK_KINDS = frozenset(("opened", "escalated", "cleared"))
 _DIGEST = """(SELECT md5(coalesce(string_agg(id || chr(1) || definition, chr(2) ORDER BY id COLLATE "C"), ''))
     FROM {})"""
@@ -138,6 +140,7 @@ class WorkerRules:
     async def _poll_forever(self) -> None:
         loop = asyncio.get_running_loop()
         next_rules = loop.time() + RULES_POLL_S
+        next_prune = loop.time()
         while True:
             await asyncio.sleep(COMMAND_POLL_S)
             try:
@@ -145,6 +148,9 @@ class WorkerRules:
                     next_rules = loop.time() + RULES_POLL_S
                     if await self.reload():
                         await self.apply_rules()
+                if loop.time() >= next_prune:
+                    next_prune = loop.time() + PRUNE_EVERY_S
+                    await writes.prune(self.worker.store, self.worker.clock.now_us() - KEEP_COMMANDS_US)
                 await self.apply_commands()
             except asyncio.CancelledError:
                 raise

@@ -115,6 +115,12 @@ async def record_outcomes(con: Connection, outcomes: dict[int, Outcome], now_us:
         )
 
 
+async def prune(store: PostgresStore, before_us: int) -> None:
+    """Delete the commands done before ``before_us`` (their callers have long had the answer)."""
+    async with store._writing() as con:
+        await con.execute("DELETE FROM cluster_commands WHERE done_at < %s", [before_us])
+
+
 async def submit(
     store: PostgresStore,
     partition: int,
