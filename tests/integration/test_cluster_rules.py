@@ -100,6 +100,14 @@ def test_rules_alerts_acks_and_shadow_updates_work_across_processes(
         assert created[0] == 201, created
         assert api.call("POST", "/api/v1/rules", HOT)[0] == 409
         assert [r["id"] for r in api.call("GET", "/api/v1/rules")[1]["rules"]] == ["hot"]
+        yard = {"id": "yard", "rectangle": {"south": 0, "west": 0, "north": 1, "east": 1}}
+        assert api.call("POST", "/api/v1/zones", yard)[0] == 201
+        stay = {"id": "stay", "kind": "zone", "zone_id": "yard", "must": "stay_inside"}
+        assert api.call("POST", "/api/v1/rules", {**stay, "zone_id": "nowhere"})[0] == 422
+        assert api.call("POST", "/api/v1/rules", stay)[0] == 201
+        assert api.call("DELETE", "/api/v1/zones/yard")[0] == 409  # used by a rule
+        assert httpx.delete(f"http://127.0.0.1:{api.port}/api/v1/rules/stay").status_code == 204
+        assert httpx.delete(f"http://127.0.0.1:{api.port}/api/v1/zones/yard").status_code == 204
 
         with alert_stream(api) as frames:
             # hot readings until the worker has the rule: it must within about a second
