@@ -90,6 +90,8 @@ class Outcome:
 async def create_table(store: PostgresStore) -> None:
     """Create the command table if missing."""
     async with store._writing() as con:  # the store's single writer: one transaction at a time
+        # api instances and workers start together: one creates, the others wait and find it
+        await con.execute("SELECT pg_advisory_xact_lock(hashtext('fleetstream schema'))")
         await con.execute(DDL)
 
 
