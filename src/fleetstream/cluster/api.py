@@ -92,7 +92,7 @@ async def _forever() -> None:
 
 
 class SingleWriterOnly:
-    """ASGI middleware: 501 (with the reason) for writes that need the owning worker."""
+    """ASGI middleware: 501 (with the reason) for the writes cluster mode does not carry yet."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -14,6 +14,9 @@ is dropped (its checkpoint is already stored with the last batch) and a gained o
 from its checkpoint (see :mod:`.partitions`). Every second each partition's wall-clock timers run
 (idle windows close, silent devices change status) and what they emit is stored the same way.
 
+Rule and zone changes, the alerts' announcements and webhooks, and the acknowledgements and
+shadow updates the api sends for this worker's devices are handled in :mod:`.worker_rules`.
+
 Fleet-wide windows (device ``*``) of a partition are partial aggregates: they are stored under
 the partition's own key and merged on read (:mod:`.fleet`).
 """
