@@ -3,10 +3,10 @@
 The api process runs the same HTTP app as ``fleetstream up`` over a runtime whose engine does not
 consume: queries read the store (fleet windows merged from the workers' partials, see
 :mod:`.fleet`), ingest publishes to Kafka as a gateway does, and the live streams and statistics
-come from the workers through Kafka (:mod:`.live`). What needs the single writer of a
-device's state (rule and zone changes, alert acknowledgements, device shadow updates, the
-built-in simulator, device type registration) answers 501 with a message saying so: in cluster
-mode these are not forwarded to the owning worker yet (docs/deploy.md, "Cluster mode").
+come from the workers through Kafka (:mod:`.live`). Rule and zone changes are stored for the
+workers to apply; alert acknowledgements and device shadow updates go to the worker owning the
+device (:mod:`.api_writes`). The built-in simulator and device type registration answer 501 with a
+message saying so (docs/deploy.md, "Cluster mode").
 """
 
 from __future__ import annotations
@@ -20,33 +20,43 @@ import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetstream.adapters.bus.kafka import KafkaBus
+from fleetstream.cluster import writes
+from fleetstream.cluster.api_writes import ApiEngine
 from fleetstream.cluster.fleet import ClusterPostgresStore
 from fleetstream.cluster.live import LiveRelay
 from fleetstream.config import Settings
 from fleetstream.ports import Store
 from fleetstream.runtime import Runtime
 
-_SINGLE_WRITER = re.compile(
-    r"^/api/v1/(rules|zones)(/.*)?$"
-    r"|^/api/v1/alerts/.+/ack$"
-    r"|^/api/v1/devices/[^/]+/(desired|reported)$"
-    r"|^/api/v1/simulator(/.*)?$"
-    r"|^/api/v1/device-types(/.*)?$"
-)
+_SINGLE_WRITER = re.compile(r"^/api/v1/simulator(/.*)?$|^/api/v1/device-types(/.*)?$")
 _WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 NOT_IN_CLUSTER = (
-    "not available in cluster mode yet: rules, zones, alert acknowledgements, device shadow updates, "
-    "device types and the simulator change state that one worker owns; run them on `fleetstream up` "
-    "(embedded mode) for now"
+    "not available in cluster mode yet: device types and the built-in simulator change state every "
+    "process holds; run them on `fleetstream up` (embedded mode), or `fleetstream simulate` against "
+    "the gateway"
 )
 
 
 class ApiRuntime(Runtime):
     """Store and bus of an api process; its engine stays idle (the workers process)."""
 
+    engine: ApiEngine
+
     def __init__(self, settings: Settings) -> None:
-        # the PostgreSQL store has no rule definitions yet: those endpoints answer 501 here
-        super().__init__(settings, store=cast("Store", ClusterPostgresStore(settings.store_url)))
+        store = ClusterPostgresStore(settings.store_url)
+        super().__init__(settings, store=cast("Store", store))
+        # an engine that never consumes: its writes go to the workers (see .api_writes)
+        self.engine = ApiEngine(
+            self.bus,
+            self.store,
+            self.hub,
+            self.clock,
+            settings.engine,
+            settings.stream,
+            settings.predictor,
+            cluster_store=store,
+            command_timeout_s=settings.ingest.ack_timeout_s,  # as long as ingest waits for durability
+        )
         self._idle: asyncio.Task[None] | None = None
         self.relay: LiveRelay | None = None
 
@@ -54,6 +64,8 @@ class ApiRuntime(Runtime):
         await self.store.start()
         await self.bus.start()
         self.engine.sensors_seen = await self.store.sensors()
+        await writes.create_table(self.engine.cluster_store)
+        await self.engine.rules.start()
         if isinstance(self.bus, KafkaBus):
             self.relay = LiveRelay(self.bus, self.engine)
             await self.relay.start()
@@ -64,6 +76,7 @@ class ApiRuntime(Runtime):
 
     async def stop(self) -> None:
         self.started = False
+        await self.engine.rules.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self._idle is not None:
@@ -79,7 +92,7 @@ async def _forever() -> None:
 
 
 class SingleWriterOnly:
-    """ASGI middleware: 501 (with the reason) for writes that need the owning worker."""
+    """ASGI middleware: 501 (with the reason) for the writes cluster mode does not carry yet."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

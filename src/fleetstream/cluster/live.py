@@ -1,7 +1,7 @@
 """Live output across processes: workers publish, every api instance relays to its subscribers.
 
-After each store commit a worker publishes the windows and device events it just stored to the
-topic ``fleetstream-live`` (keyed by device, or by window sensor), and every second the live
+After each store commit a worker publishes the windows, device events and alert changes it just
+stored to the topic ``fleetstream-live`` (keyed by device, or by window sensor), and every second the live
 statistics of each of its partitions to ``fleetstream-stats`` (keyed by worker id). Each api
 instance consumes both in a consumer group of its own (a unique id, starting at the latest
 offsets), so every instance sees every message: windows and events go to its SSE channels, and
@@ -27,7 +27,8 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.adapters.bus.kafka_subscription import group_config
-from fleetstream.domain.events import DeviceEvent
+from fleetstream.domain.alerts import Alert, AlertChange
+from fleetstream.domain.events import DESIRED_CHANGED, DeviceEvent
 from fleetstream.domain.stats import LiveStats
 from fleetstream.domain.windows import WindowAggregate
 
@@ -71,6 +72,11 @@ class LivePublisher:
             self._send(LIVE_TOPIC, windows[0].sensor, {"windows": [w.to_state() for w in windows]})
         if events:
             self._send(LIVE_TOPIC, events[0].device_id, {"events": events})
+
+    def alerts(self, changes: list[AlertChange]) -> None:
+        """Publish stored alert changes (keyed by the first one's device: they stay in order)."""
+        body = {"alerts": [{"kind": c.kind, "alert": c.alert.to_state()} for c in changes]}
+        self._send(LIVE_TOPIC, changes[0].alert.device_id, body)
 
     def stats(self, partitions: dict[int, LiveStats]) -> None:
         """Publish each partition's live statistics."""
@@ -201,6 +207,13 @@ class LiveRelay:
             elif "windows" in body:
                 self.engine.windows.publish([WindowAggregate.from_state(s) for s in body["windows"]])
             elif "events" in body:
-                self.engine.events.publish([msgspec.convert(e, DeviceEvent) for e in body["events"]])
+                events = [msgspec.convert(e, DeviceEvent) for e in body["events"]]
+                self.engine.events.publish(events)
+                for event in events:  # long-polls of GET .../desired?wait= wake up
+                    if event.type == DESIRED_CHANGED:
+                        self.engine.desired_changed.notify(event.device_id)
+            elif "alerts" in body:
+                changes = [AlertChange(c["kind"], Alert.from_state(c["alert"])) for c in body["alerts"]]
+                self.engine.alerts.publish(changes)
         except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError, ValueError) as exc:
             log.warning("live topics: skipping a message of %s: %s", topic, exc)

@@ -19,12 +19,12 @@ has the same position whoever processes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from fleetstream.adapters.bus.codec import Slice, join_slices
 from fleetstream.adapters.store import postgres_derived
-from fleetstream.adapters.store.postgres import PostgresStore, write_batch
+from fleetstream.adapters.store.postgres import Connection, PostgresStore, write_batch
 from fleetstream.domain.batch import Batch
 from fleetstream.ports import Derived
 
@@ -103,8 +103,10 @@ class PartitionStore:
         derived: Derived,
         checkpoints: Sequence[PartitionCheckpoint],
         now_us: int,
+        then: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
-        """Store new readings, derived records and partition checkpoints in one durable transaction."""
+        """Store new readings, derived records and partition checkpoints in one durable transaction
+        (with what ``then`` writes, e.g. the results of the commands applied)."""
         async with self.store._writing() as con:
             for batch in batches:
                 if batch.records:
@@ -118,3 +120,5 @@ class PartitionStore:
                            state = EXCLUDED.state, written_at = EXCLUDED.written_at""",
                     [self.topic, cp.partition, cp.next_offset, cp.state, now_us],
                 )
+            if then is not None:
+                await then(con)

@@ -14,6 +14,9 @@ is dropped (its checkpoint is already stored with the last batch) and a gained o
 from its checkpoint (see :mod:`.partitions`). Every second each partition's wall-clock timers run
 (idle windows close, silent devices change status) and what they emit is stored the same way.
 
+Rule and zone changes, the alerts' announcements and webhooks, and the acknowledgements and
+shadow updates the api sends for this worker's devices are handled in :mod:`.worker_rules`.
+
 Fleet-wide windows (device ``*``) of a partition are partial aggregates: they are stored under
 the partition's own key and merged on read (:mod:`.fleet`).
 """
@@ -26,18 +29,18 @@ import logging
 import os
 import socket
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Awaitable, Callable, Sequence
 
 from fleetstream.adapters.bus.codec import Slice
 from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.adapters.bus.kafka_subscription import KafkaBatch
-from fleetstream.adapters.store.postgres import PostgresStore
+from fleetstream.adapters.store.postgres import Connection, PostgresStore
 from fleetstream.cluster.adapters import kafka_bus, postgres_store
 from fleetstream.cluster.dedup import deduplicate
 from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
+from fleetstream.cluster.worker_rules import WorkerRules
 from fleetstream.config import Settings
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.clock import Clock, SystemClock
@@ -45,11 +48,7 @@ from fleetstream.domain.dedup import Deduplicator
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.windows import ALL_DEVICES
 from fleetstream.engine.processors import StreamProcessors
-from fleetstream.engine.rule_control import RuleControl
 from fleetstream.ports import READINGS_TOPIC, Derived
-
-if TYPE_CHECKING:
-    from fleetstream.engine.pipeline import Engine
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +62,6 @@ class _Partition:
         self.number = number
         self.processors = processors
         self.next_offset = next_offset
-
-
-class _RuleHost:
-    """What :class:`RuleControl` reads when loading definitions: the store and processors to configure."""
-
-    def __init__(self, store: PostgresStore, processors: StreamProcessors) -> None:
-        self.store = store
-        self.processors = processors
 
 
 class Worker:
@@ -95,7 +86,7 @@ class Worker:
         self.checkpoints = PartitionStore(self.store, self.bus.topic_name(READINGS_TOPIC))
         self.partitions: dict[int, _Partition] = {}
         self.live = LivePublisher(self.bus, self.worker_id)
-        self.rules = RuleControl(cast("Engine", _RuleHost(self.store, StreamProcessors(self.stream))))
+        self.writes = WorkerRules(self)  # rules, alerts, acknowledgements and shadow updates
         self.batches_total = 0
         self.readings_total = 0
         self.skipped_total = 0
@@ -110,16 +101,15 @@ class Worker:
         await self.checkpoints.start()
         await self.bus.start()
         await self.live.start()
-        if hasattr(self.store, "definitions"):
-            await self.rules.load()
-        else:
-            log.warning("this store keeps no rule definitions: workers run without rules and alerts")
+        await self.writes.start()
         self._task = asyncio.create_task(self._run(), name="fleetstream-worker")
         self._timer = asyncio.create_task(self._tick_forever(), name="fleetstream-worker-timer")
+        self.writes.run()
         log.info("worker %s started in group %r", self.worker_id, WORKER_GROUP)
 
     async def stop(self) -> None:
         """Leave the group (the partitions move to the other workers at once), then close."""
+        await self.writes.stop()
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -168,7 +158,7 @@ class Worker:
 
     async def _restore(self, number: int) -> _Partition:
         processors = StreamProcessors(self.stream)
-        self.rules.configure(processors)
+        self.writes.configure(processors)
         saved = await self.checkpoints.load(number)
         if saved is None:
             return _Partition(number, processors, 0)
@@ -203,6 +193,7 @@ class Worker:
         are only meaningful merged, so they are not streamed)."""
         windows = [w for w in stored.windows if not w.device_id.startswith(ALL_DEVICES)]
         self.live.stored(windows, stored.events)
+        self.writes.announce()
 
     async def _process(self, taken: KafkaBatch) -> Derived | None:
         """Process and store one Kafka batch: what it stored, or None (after rewinding it) if that failed."""
@@ -233,11 +224,12 @@ class Worker:
                 out = processors.on_batch(fresh, now)
                 out.windows = tag_partials(out.windows, number)
                 derived.extend(out)
-                processors.alert_changes = []
+                self.writes.take(processors)
                 fresh_batches.append(fresh)
             await self._store(fresh_batches, derived, ends)
         except Exception as exc:
             self.dedup.forget(remembered)
+            self.writes.drop()
             for number in ends:
                 if number in self.partitions:
                     self.partitions[number] = await self._restore(number)
@@ -248,8 +240,15 @@ class Worker:
         self.readings_total += sum(len(b) for b in fresh_batches)
         return derived
 
-    async def _store(self, batches: Sequence[Batch], derived: Derived, ends: dict[int, int]) -> None:
-        """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions."""
+    async def _store(
+        self,
+        batches: Sequence[Batch],
+        derived: Derived,
+        ends: dict[int, int],
+        then: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions
+        (and what ``then`` writes on the transaction's connection)."""
         checkpoints = []
         for number, end in ends.items():
             part = self.partitions[number]
@@ -257,7 +256,7 @@ class Worker:
             part.processors.twins.take_registered()
             end = max(end, part.next_offset)
             checkpoints.append(PartitionCheckpoint(number, end, part.processors.snapshot()))
-        await self.checkpoints.commit(batches, derived, checkpoints, self.clock.now_us())
+        await self.checkpoints.commit(batches, derived, checkpoints, self.clock.now_us(), then)
         for cp in checkpoints:
             self.partitions[cp.partition].next_offset = cp.next_offset
 
@@ -284,7 +283,7 @@ class Worker:
             for number, part in self.partitions.items():
                 out = part.processors.on_timer(now)
                 out.windows = tag_partials(out.windows, number)
-                part.processors.alert_changes = []
+                self.writes.take(part.processors)
                 if out:
                     derived.extend(out)
                     touched[number] = part.next_offset
@@ -293,6 +292,7 @@ class Worker:
             try:
                 await self._store([], derived, touched)
             except Exception:
+                self.writes.drop()
                 for number in touched:  # their state moved past the store: back to the checkpoint
                     self.partitions[number] = await self._restore(number)
                 raise
