@@ -85,6 +85,9 @@ class PartitionStore:
     async def start(self) -> None:
         """Create the checkpoint table if missing (the store itself is already open)."""
         async with self.store._writing() as con:  # the store's single writer: one transaction at a time
+            # workers starting together would race in CREATE TABLE IF NOT EXISTS (a unique violation
+            # in pg_type): one at a time, the lock ends with the transaction
+            await con.execute("SELECT pg_advisory_xact_lock(hashtext('partition_checkpoints'))")
             await con.execute(_SCHEMA)
 
     async def load(self, partition: int) -> PartitionCheckpoint | None:

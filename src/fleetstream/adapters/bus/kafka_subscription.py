@@ -66,6 +66,9 @@ def group_config(group: str) -> dict[str, Any]:
         "partition.assignment.strategy": "range",
         # a topic created after the subscription (by the first publish) is seen within seconds
         "topic.metadata.refresh.interval.ms": 5000,
+        # a fetch finding nothing new waits this long on the broker; Tansu waits it out even when
+        # records arrive meanwhile, so the default 500 ms would cap a caught-up consumer's rate
+        "fetch.wait.max.ms": 20,
     }
 
 
@@ -89,6 +92,8 @@ class KafkaBatch:
         for r in records:
             self.first.setdefault(r.partition, r.offset)
             self.next[r.partition] = r.offset + 1
+        # each partition's assignment when taken: a commit never crosses a revocation
+        self.generation = {p: sub.generation.get(p, 0) for p in self.next}
         self._done = False
 
     @property
@@ -138,6 +143,10 @@ class Subscription:
         self.assigned: set[int] = set()
         self.committed: dict[int, int] = {}
         self.floor: dict[int, int] = {}  # partition -> offset of a failed record not yet committed
+        # partition -> revocations so far: a batch taken before one may have been skipped by its
+        # consumer (the partition was not its own then), so its offsets must not be committed
+        # after the partition comes back (the group would start past records never processed)
+        self.generation: dict[int, int] = {}
         self.commit_failures = 0
         self._buffer: deque[_Record] = deque()
         self._rewound: dict[int, int] = {}  # partition -> offset it was rewound to, not fetched yet
@@ -229,10 +238,20 @@ class Subscription:
         return taken
 
     def _fetch(self, consumer: Consumer) -> list[_Record]:
-        """Consume and decode (on a worker thread)."""
+        """Consume and decode (on a worker thread).
+
+        Waits for the first message only, then takes what else librdkafka already holds:
+        ``consume(n, timeout)`` alone would wait the whole timeout whenever fewer than n messages
+        are there, which is every fetch once messages are packs of many records.
+        """
         try:
             with self._in_client:
-                messages = consumer.consume(num_messages=self._fetch_messages, timeout=_FETCH_TIMEOUT_S)
+                first = consumer.poll(_FETCH_TIMEOUT_S)
+                if first is None:
+                    return []
+                messages = [first]
+                if self._fetch_messages > 1:
+                    messages += consumer.consume(num_messages=self._fetch_messages - 1, timeout=0)
         except (KafkaException, RuntimeError) as exc:
             log.warning("Kafka bus: consume failed: %s", exc)
             return []
@@ -260,6 +279,8 @@ class Subscription:
     async def commit(self, taken: KafkaBatch) -> None:
         offsets = []
         for partition, after in taken.next.items():
+            if taken.generation[partition] != self.generation.get(partition, 0):
+                continue  # revoked since the batch was taken
             floor = self.floor.get(partition)
             if floor is not None:
                 if taken.first[partition] == floor:
@@ -272,7 +293,12 @@ class Subscription:
         if not offsets or consumer is None:
             return
         async with self._committing:  # one at a time: a later commit never lands before an earlier one
-            offsets = [tp for tp in offsets if tp.offset > self.committed.get(tp.partition, -1)]
+            offsets = [
+                tp
+                for tp in offsets
+                if tp.offset > self.committed.get(tp.partition, -1)
+                and taken.generation[tp.partition] == self.generation.get(tp.partition, 0)
+            ]
             if not offsets:
                 return
             try:
@@ -331,6 +357,7 @@ class Subscription:
         gone = set(partitions)
         self.assigned -= gone
         for p in gone:
+            self.generation[p] = self.generation.get(p, 0) + 1
             self.committed.pop(p, None)
             self.floor.pop(p, None)
             self._rewound.pop(p, None)
