@@ -2,25 +2,36 @@
 
 What it measures, in one run on a throwaway Tansu broker and PostgreSQL (``tests/servers.py``):
 
-- the broker alone with confluent-kafka: produce rate (acks=all) and one consumer's consume rate
-  of as many messages as the load makes, of the same size;
+- the broker alone with confluent-kafka: produce rate (acks=all, idempotent) and one consumer's
+  consume rate of exactly the messages the gateway produces for this load (same count, same
+  bytes, same partitions: the load is decoded and packed beforehand as the gateway does it), in
+  messages/s and readings/s;
 - the cluster: one ``fleetstream gateway`` and ``--workers`` ``fleetstream worker`` processes on
-  ``--partitions`` partitions; ``--readings`` readings (one per message, 500 messages per request,
-  4 concurrent senders) posted to the gateway; the acknowledged rate, and the end-to-end rate
-  (first request sent → every reading stored in PostgreSQL), and its ratio to the broker's
-  consume rate.
+  ``--partitions`` partitions; ``--readings`` readings (one per device message, ``--batch``
+  messages per request, ``--senders`` concurrent senders) posted to the gateway; the acknowledged
+  rate, the end-to-end rate (first request sent → every reading stored in PostgreSQL), its ratio
+  to the broker's consume rate, and the CPU seconds of every process over that window;
+- the CPU cost per reading of each Python stage on the same load, timed in this process
+  (``_cluster_stages.py``), so the bottleneck is named with numbers;
+- with ``--embedded``, ``fleetstream up`` (DuckDB, in-process bus) posted the same requests.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/cluster_e2e.py [--readings 100000] [--workers 2]
-        [--profile worker.prof]
+    PYTHONPATH=src .venv/bin/python benchmarks/cluster_e2e.py [--readings 200000] [--workers 2]
+        [--profile DIR] [--embedded]
+
+``--profile DIR`` runs the gateway and the first worker under cProfile (DIR/gateway.prof,
+DIR/worker.prof) and prints each one's top functions by own time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import pstats
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -29,7 +40,10 @@ from pathlib import Path
 import httpx
 import msgspec
 import psycopg
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from _cluster_stages import gateway_batches, pipeline_messages, stage_costs
+from _harness import cpu_of, start_fleetstream, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests.servers
 from tests.servers import Postgres, Tansu, free_port
@@ -38,54 +52,72 @@ BASE = datetime(2024, 6, 1, tzinfo=UTC)
 DEVICES = 1000
 
 
-def bodies(readings: int) -> list[bytes]:
-    """Requests of 500 one-reading messages, devices round-robin, a second apart per device."""
+def bodies(readings: int, per_request: int, spacing_ms: float = 10.0) -> list[bytes]:
+    """Requests of one-reading messages, devices round-robin, ``spacing_ms`` apart per device.
+
+    The event times of the whole load span readings / DEVICES × spacing: at the default 10 ms,
+    2 s for 200,000 readings, inside the workers' 35 s dedup memory as a live fleet's are (at 1 s,
+    200 s of event time pass in seconds, like a replayed backlog: every batch then also asks
+    PostgreSQL about keys older than the memory's horizon).
+    """
     out = []
-    for first in range(0, readings, 500):
+    for first in range(0, readings, per_request):
         items = []
-        for i in range(first, min(first + 500, readings)):
-            ts = (BASE + timedelta(seconds=i // DEVICES)).isoformat().replace("+00:00", "Z")
+        for i in range(first, min(first + per_request, readings)):
+            ts = (BASE + timedelta(milliseconds=i // DEVICES * spacing_ms)).isoformat().replace("+00:00", "Z")
             items.append({"device_id": f"dev-{i % DEVICES}", "timestamp": ts, "sensor": "t", "value": i % 97})
         out.append(msgspec.json.encode(items))
     return out
 
 
-def broker_rates(bootstrap: str, messages: int, size: int) -> tuple[float, float]:
+def broker_rates(bootstrap: str, messages: list[tuple[int, bytes]], partitions: int) -> tuple[float, float]:
+    """Seconds to produce (acks=all, idempotent) and to consume ``messages`` with confluent-kafka."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
-    payload = b"x" * size
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic].result(30)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    producer.produce(topic, b"", partition=0)  # connected, producer id obtained
+    producer.flush(30)
     started = time.perf_counter()
-    for i in range(messages):
+    for partition, value in messages:
         while True:
             try:
-                producer.produce(topic, payload, str(i % DEVICES).encode())
+                producer.produce(topic, value, partition=partition)
                 break
             except BufferError:
                 producer.poll(0.01)
         producer.poll(0)
-    producer.flush(60)
-    produce = messages / (time.perf_counter() - started)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": topic,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "range",
-        }
-    )
-    consumer.subscribe([topic])
-    got, started = 0, None
-    while got < messages:
-        batch = consumer.consume(1000, 1.0)
-        if batch and started is None:
-            started = time.perf_counter()
+    assert producer.flush(60) == 0
+    produce = time.perf_counter() - started
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"})
+    assigned: list[float] = []
+    # timed from the assignment (the fetches start then), not from the first message: the first
+    # fetch may bring every message at once
+    consumer.subscribe([topic], on_assign=lambda *_: assigned.append(time.perf_counter()))
+    got = 0
+    while got < len(messages) + 1:
+        batch = consumer.consume(min(1000, len(messages) + 1 - got), 1.0)  # never waits out the timeout
         got += sum(1 for m in batch if m.error() is None)
-    consume = messages / (time.perf_counter() - (started or 0))
+    consume = time.perf_counter() - assigned[0]
     consumer.close()
     return produce, consume
 
 
+def log_end(bootstrap: str, topic: str, partitions: int) -> int:
+    """The sum of the topic's partitions' end offsets (messages in the log)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:8]}"})
+    try:
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(partitions))
+    finally:
+        consumer.close()
+
+
 async def post_all(url: str, requests: list[bytes], senders: int) -> float:
+    """Post every request (again after a non-202); returns when it started (perf_counter)."""
     queue = list(reversed(requests))
     headers = {"content-type": "application/json"}
 
@@ -101,38 +133,41 @@ async def post_all(url: str, requests: list[bytes], senders: int) -> float:
     return started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--readings", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--profile", type=Path, help="run the first worker under cProfile, writing here")
-    args = parser.parse_args()
-    requests = bodies(args.readings)
-    tansu, pg = Tansu.launch(), Postgres.launch()
-    procs: list[subprocess.Popen[bytes]] = []
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    out = {}
+    for name, group in pids.items():
+        total = 0.0
+        for pid in group:
+            with contextlib.suppress(OSError):
+                total += cpu_of(pid).total_s
+        out[name] = total
+    return out
+
+
+def postgres_pids(postmaster: int) -> list[int]:
+    """The postmaster and its backends (a backend per worker connection, plus its helpers)."""
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout
+    return [postmaster, *(int(p) for p in children.split())]
+
+
+def run_cluster(
+    args: argparse.Namespace, requests: list[bytes], tansu: Tansu, pg: Postgres
+) -> dict[str, float]:
+    store = pg.create_database()
+    bus = f"kafka://{tansu.bootstrap}/readings?partitions={args.partitions}"
+    env = {**os.environ, "FLEETSTREAM_LOG_LEVEL": args.log_level}
+    port = free_port()
+
+    def command(role: str, profile: str | None, *extra: str) -> list[str]:
+        profiled = ["-m", "cProfile", "-o", str(args.profile / profile)] if args.profile and profile else []
+        return [sys.executable, *profiled, "-m", "fleetstream", role, "--bus", bus, *extra]
+
+    gateway = subprocess.Popen(command("gateway", "gateway.prof", "--port", str(port)), env=env)
+    workers = [
+        subprocess.Popen(command("worker", "worker.prof" if i == 0 else None, "--store", store), env=env)
+        for i in range(args.workers)
+    ]
     try:
-        produce, consume = broker_rates(tansu.bootstrap, args.readings, 60)
-        store = pg.create_database()
-        bus = f"kafka://{tansu.bootstrap}/readings?partitions={args.partitions}"
-        env = {**os.environ, "FLEETSTREAM_LOG_LEVEL": "warning"}
-        port = free_port()
-        cli = [sys.executable, "-m", "fleetstream"]
-        procs.append(subprocess.Popen([*cli, "gateway", "--bus", bus, "--port", str(port)], env=env))
-        for i in range(args.workers):
-            profiled = ["-m", "cProfile", "-o", str(args.profile)] if args.profile and i == 0 else []
-            worker = [
-                sys.executable,
-                *profiled,
-                "-m",
-                "fleetstream",
-                "worker",
-                "--bus",
-                bus,
-                "--store",
-                store,
-            ]
-            procs.append(subprocess.Popen(worker, env=env))
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -143,26 +178,125 @@ def main() -> None:
                 pass
             time.sleep(0.2)
         time.sleep(8)  # the workers join their group
-        started = asyncio.run(post_all(f"{url}/api/v1/telemetry", requests, 4))
+        assert tansu.proc is not None
+        assert pg.proc is not None
+        pids = {
+            "gateway": [gateway.pid],
+            "workers": [w.pid for w in workers],
+            "broker (Tansu)": [tansu.proc.pid],
+            "PostgreSQL": postgres_pids(pg.proc.pid),
+            "load generator": [os.getpid()],
+        }
+        before = cpu_seconds(pids)
+        started = asyncio.run(post_all(f"{url}/api/v1/telemetry", requests, args.senders))
         acked = time.perf_counter() - started
+        end = log_end(tansu.bootstrap, "readings", args.partitions)
         with psycopg.connect(store, autocommit=True) as con:
-            while con.execute("SELECT count(*) FROM readings").fetchone()[0] < args.readings:  # type: ignore[index]
-                time.sleep(0.1)
-        stored = time.perf_counter() - started
+            # every message is stored once the checkpoints (written in the same transactions as
+            # the readings) reach the log's end; a count(*) of the growing table every 0.1 s would
+            # itself take a core of PostgreSQL
+            checkpointed = "SELECT coalesce(sum(next_offset), 0) FROM partition_checkpoints"
+            while con.execute(checkpointed).fetchone()[0] < end:  # type: ignore[index]
+                time.sleep(0.02)
+            stored = time.perf_counter() - started
+            after = cpu_seconds(pids)
+            count = con.execute("SELECT count(*) FROM readings").fetchone()[0]  # type: ignore[index]
+        assert count == args.readings, f"{count} readings stored, {args.readings} sent"
     finally:
-        for p in procs:
+        for p in [gateway, *workers]:
             p.terminate()
-        for p in procs:
+        for p in [gateway, *workers]:
             p.wait(30)
+    cpu = {f"CPU s: {name}": after[name] - before[name] for name in pids}
+    return {"acked_s": acked, "stored_s": stored, **cpu}
+
+
+def run_embedded(requests: list[bytes], senders: int) -> float:
+    """Seconds for ``fleetstream up`` to acknowledge (durably) every request."""
+    with tempfile.TemporaryDirectory() as data:
+        server = start_fleetstream(Path(data), Path(data) / "up.log")
+        try:
+            started = asyncio.run(post_all(f"{server.url}/api/v1/telemetry", requests, senders))
+            return time.perf_counter() - started
+        finally:
+            server.stop()
+
+
+def print_profile(path: Path, lines: int) -> None:
+    print(f"\n{path.name}: top functions by own time")
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=500, help="device messages per request")
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--profile", type=Path, help="cProfile the gateway and the first worker into DIR")
+    parser.add_argument("--embedded", action="store_true", help="also run fleetstream up on the same load")
+    parser.add_argument("--spacing-ms", type=float, default=10.0, help="a device's readings' spacing")
+    parser.add_argument("--log-level", default="warning", help="of the gateway and the workers")
+    args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    requests = bodies(args.readings, args.batch, args.spacing_ms)
+    messages = pipeline_messages(gateway_batches(requests), args.partitions)
+    n, size = len(messages), sum(len(v) for _, v in messages) / len(messages)
+    tansu, pg = Tansu.launch(), Postgres.launch()
+    try:
+        produce_s, consume_s = broker_rates(tansu.bootstrap, messages, args.partitions)
+        cluster = run_cluster(args, requests, tansu, pg)
+    finally:
         tansu.close()
         pg.close()
-    e2e = args.readings / stored
-    print(f"broker alone: produce {produce:,.0f} msg/s, consume {consume:,.0f} msg/s")
-    print(f"gateway acknowledged {args.readings / acked:,.0f} readings/s")
+    embedded_s = run_embedded(requests, args.senders) if args.embedded else None
+    r = args.readings
+    e2e, consume = r / cluster["stored_s"], r / consume_s
+    print(f"{r:,} readings, {len(requests):,} requests of {args.batch}, {DEVICES} devices; {n:,} Kafka")
+    print(f"messages of {size:,.0f} bytes on average ({r / n:,.1f} readings each); {args.workers} workers")
+    rows: list[list[object]] = [
+        ["broker alone: produce (confluent-kafka)", f"{r / produce_s:,.0f}", f"{n / produce_s:,.0f}", ""],
+        ["broker alone: consume (confluent-kafka)", f"{consume:,.0f}", f"{n / consume_s:,.0f}", "1"],
+        [
+            "gateway acknowledged",
+            f"{r / cluster['acked_s']:,.0f}",
+            "",
+            f"{r / cluster['acked_s'] / consume:.4f}",
+        ],
+        ["end to end stored", f"{e2e:,.0f}", "", f"{e2e / consume:.4f}"],
+    ]
+    if embedded_s is not None:
+        rows.append(
+            [
+                "`fleetstream up` (embedded) stored",
+                f"{r / embedded_s:,.0f}",
+                "",
+                f"{r / embedded_s / consume:.4f}",
+            ]
+        )
+    print(table(["what", "readings/s", "messages/s", "/ broker consume"], rows))
+    window = cluster["stored_s"]
+    cpu_rows = [
+        [k.removeprefix("CPU s: "), f"{v:.1f}", f"{v / window:.0%}"]
+        for k, v in cluster.items()
+        if k.startswith("CPU")
+    ]
+    print(f"\nCPU over the end-to-end window ({window:.1f} s; 2 cores = 200%):")
+    print(table(["process", "CPU s", "of one core"], cpu_rows))
+    costs = stage_costs(requests, args.partitions, r)
+    print("\nCPU per reading of each Python stage (in this process, same load):")
     print(
-        f"end to end ({args.workers} workers, {args.partitions} partitions): {e2e:,.0f} readings/s, "
-        f"{e2e / consume:.2f} of the broker's consume rate"
+        table(
+            ["stage", "µs/reading", "one core's limit readings/s"],
+            [[k, f"{v:.2f}", f"{1e6 / v:,.0f}"] for k, v in costs.items()],
+        )
     )
+    if args.profile:
+        for name in ("gateway.prof", "worker.prof"):
+            if (args.profile / name).exists():
+                print_profile(args.profile / name, 18)
 
 
 if __name__ == "__main__":

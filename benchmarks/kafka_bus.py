@@ -3,9 +3,9 @@
 What it measures, in one run against a Tansu broker started here (in memory, on a free loopback
 port, stopped by PID):
 
-- bus produce: readings/s acknowledged by ``KafkaBus.publish`` (split by device, encoded, delivery
+- bus produce: readings/s acknowledged by ``KafkaBus.publish`` (split by partition, encoded, delivery
   reports awaited), ``--concurrency`` publishes in flight, each of ``--batch`` readings;
-- raw produce: the same message bytes and keys (encoded beforehand, not timed) through a bare
+- raw produce: the same message bytes and partitions (encoded beforehand, not timed) through a bare
   ``confluent_kafka.Producer`` with the same settings (acks=all, idempotence, linger 5 ms), every
   delivery report awaited;
 - bus consume: readings/s through ``KafkaBus.subscribe`` (decode, join into batches of
@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from _harness import free_port
-from fleetstream.adapters.bus.codec import split_by_device
+from fleetstream.adapters.bus.codec import split_by_partition
 from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
@@ -101,7 +101,7 @@ async def bus_produce(bus: KafkaBus, topic: str, batches: list[Batch], concurren
     return time.perf_counter() - started
 
 
-def raw_produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> float:
+def raw_produce(bootstrap: str, topic: str, messages: list[tuple[int, bytes]]) -> float:
     failed: list[Any] = []
     producer = Producer(
         {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
@@ -114,10 +114,10 @@ def raw_produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -
     producer.produce(topic, b"", b"warm-up", on_delivery=report)  # connected, producer id obtained
     producer.flush(15)
     started = time.perf_counter()
-    for key, value in messages:
+    for partition, value in messages:
         while True:
             try:
-                producer.produce(topic, value, key.encode(), on_delivery=report)
+                producer.produce(topic, value, partition=partition, on_delivery=report)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -175,7 +175,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     proc, bootstrap = tansu()
     try:
         batches = workload(args.readings, args.batch, args.devices)
-        messages = [piece for b in batches for piece in split_by_device(b)]
+        messages = [piece for b in batches for piece in split_by_partition(b, args.partitions)]
         # as `fleetstream up` does (cli.py): the workload is long-lived, and the default thresholds
         # would rescan it on every few thousand allocations
         gc.freeze()
@@ -222,7 +222,7 @@ if __name__ == "__main__":
     if ns.json:
         print(json.dumps(result))
         sys.exit(0)
-    print(f"{ns.readings:,} readings, {result['messages']:,} messages (one per device per publish), "
+    print(f"{ns.readings:,} readings, {result['messages']:,} messages (one per partition per publish), "
           f"{ns.partitions} partitions, batches of {ns.batch}, {ns.concurrency} in flight")  # fmt: skip
     print("| path | bus readings/s | raw readings/s | bus / raw |")
     print("|---|---:|---:|---:|")

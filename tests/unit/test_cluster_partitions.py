@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetstream.adapters.bus.codec import read_slice, split_by_device
+from fleetstream.adapters.bus.codec import read_pack, split_by_partition
 from fleetstream.cluster.partitions import log_position, partition_batch
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
@@ -22,8 +22,8 @@ def test_a_partition_batch_numbers_rows_then_events_of_each_message() -> None:
         [DeviceMessage("d", 1, "telemetry", "Sensor", [Reading("d", 1, "t", 1.0), Reading("d", 1, "h", 2.0)])]
     )
     second = Batch.from_messages([DeviceMessage("d", 2, "startup", "Host", [])])
-    pieces = [(10, read_slice(data)) for _, data in split_by_device(first)]
-    pieces += [(11, read_slice(data)) for _, data in split_by_device(second)]
+    pieces = [(10, read_pack(data)) for _, data in split_by_partition(first, 8)]
+    pieces += [(11, read_pack(data)) for _, data in split_by_partition(second, 8)]
 
     batch = partition_batch(5, pieces)
 
@@ -34,6 +34,6 @@ def test_a_partition_batch_numbers_rows_then_events_of_each_message() -> None:
 def test_a_message_with_too_many_records_is_refused() -> None:
     readings = [Reading("d", i, "t", 1.0) for i in range((1 << 16) + 1)]
     big = Batch.from_messages([DeviceMessage("d", 1, "telemetry", "Sensor", readings)])
-    pieces = [(0, read_slice(data)) for _, data in split_by_device(big)]
+    pieces = [(0, read_pack(data)) for _, data in split_by_partition(big, 8)]
     with pytest.raises(ValueError, match="65537 records is over 65536"):
         partition_batch(0, pieces)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from fleetstream.adapters.bus.codec import Slice, join_slices
+from fleetstream.adapters.bus.codec import Pack, join_packs
 from fleetstream.adapters.store import postgres_derived
 from fleetstream.adapters.store.postgres import Connection, PostgresStore, write_batch
 from fleetstream.domain.batch import Batch
@@ -57,9 +57,9 @@ def log_position(partition: int, offset: int, index: int) -> int:
     return ((offset + 1) << 24) | (partition << 16) | index
 
 
-def partition_batch(partition: int, pieces: Sequence[tuple[int, Slice]]) -> Batch:
-    """One partition's (offset, slice) pairs as a batch, each record at its :func:`log_position`."""
-    batch = join_slices([piece for _, piece in pieces])
+def partition_batch(partition: int, pieces: Sequence[tuple[int, Pack]]) -> Batch:
+    """One partition's (offset, pack) pairs as a batch, each record at its :func:`log_position`."""
+    batch = join_packs([piece for _, piece in pieces])
     seq: list[int] = []
     event_seq: list[int] = []
     for offset, piece in pieces:
@@ -85,6 +85,9 @@ class PartitionStore:
     async def start(self) -> None:
         """Create the checkpoint table if missing (the store itself is already open)."""
         async with self.store._writing() as con:  # the store's single writer: one transaction at a time
+            # workers starting together would race in CREATE TABLE IF NOT EXISTS (a unique violation
+            # in pg_type): one at a time, the lock ends with the transaction
+            await con.execute("SELECT pg_advisory_xact_lock(hashtext('partition_checkpoints'))")
             await con.execute(_SCHEMA)
 
     async def load(self, partition: int) -> PartitionCheckpoint | None:

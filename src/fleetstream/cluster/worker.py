@@ -31,7 +31,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
-from fleetstream.adapters.bus.codec import Slice
+from fleetstream.adapters.bus.codec import Pack
 from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.adapters.bus.kafka_subscription import KafkaBatch
 from fleetstream.adapters.store.postgres import Connection, PostgresStore
@@ -197,7 +197,7 @@ class Worker:
 
     async def _process(self, taken: KafkaBatch) -> Derived | None:
         """Process and store one Kafka batch: what it stored, or None (after rewinding it) if that failed."""
-        pieces: dict[int, list[tuple[int, Slice]]] = defaultdict(list)
+        pieces: dict[int, list[tuple[int, Pack]]] = defaultdict(list)
         ends: dict[int, int] = {}
         for record in taken.records:
             part = self.partitions.get(record.partition)
@@ -233,7 +233,7 @@ class Worker:
             for number in ends:
                 if number in self.partitions:
                     self.partitions[number] = await self._restore(number)
-            log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.batch.records, exc)
+            log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.record_count, exc)
             await taken.fail(exc)
             return None
         self.batches_total += 1

@@ -1,15 +1,17 @@
 """``kafka://host:port``: the bus on a Kafka-protocol broker (Apache Kafka, Redpanda, Tansu).
 
-Publishing splits a batch by device id, the message key, so one device's
-records go to one partition and stay in order (see :mod:`.codec` for the
-bytes). The producer is idempotent with ``acks=all``: ``publish`` returns only
-once the broker has acknowledged every message of the batch (its delivery
-reports), so an acknowledged record is in the log. When the broker cannot be
-reached within ``delivery_timeout_s`` (librdkafka's ``message.timeout.ms``) the
-publish raises :class:`~fleetstream.errors.BusUnavailable`; when librdkafka's
-local queue is full it raises :class:`~fleetstream.errors.Overloaded`. In both
-cases messages of the batch may still reach the log (the sender retries and
-dedup drops the repeats); none is ever acknowledged without being there.
+Publishing makes one message per partition a batch touches, each device's
+partition chosen by :func:`.codec.partition_of` (a stable hash of its id, not
+Kafka's key partitioner), so one device's records go to one partition and stay
+in order (see :mod:`.codec` for the bytes). The producer is idempotent with
+``acks=all``: ``publish`` returns only once the broker has acknowledged every
+message of the batch (its delivery reports), so an acknowledged record is in
+the log. When the broker cannot be reached within ``delivery_timeout_s``
+(librdkafka's ``message.timeout.ms``) the publish raises
+:class:`~fleetstream.errors.BusUnavailable`; when librdkafka's local queue is
+full it raises :class:`~fleetstream.errors.Overloaded`. In both cases messages
+of the batch may still reach the log (the sender retries and dedup drops the
+repeats); none is ever acknowledged without being there.
 
 librdkafka blocks, the event loop must not: ``produce`` only enqueues (it never
 waits), a background thread polls for delivery reports and wakes the waiting
@@ -33,7 +35,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from fleetstream.adapters.bus.codec import split_by_device
+from fleetstream.adapters.bus.codec import split_by_partition
 from fleetstream.adapters.bus.kafka_subscription import KafkaBatch, Subscription, group_config
 from fleetstream.domain.batch import Batch
 from fleetstream.errors import BusUnavailable, ConfigError, Overloaded
@@ -142,7 +144,7 @@ class KafkaBus:
         self._admin: AdminClient | None = None
         self._poller: threading.Thread | None = None
         self._halt = threading.Event()
-        self._ready: set[str] = set()
+        self._ready: dict[str, int] = {}  # topic -> its partition count, once looked at
         self._topic_lock = asyncio.Lock()
         self._pending: set[_Delivery] = set()
         self._fatal = False
@@ -231,15 +233,24 @@ class KafkaBus:
         Raises:
             BusUnavailable: the broker did not answer within the delivery timeout.
         """
-        if name in self._ready:
-            return
+        await self.partition_count(name)
+
+    async def partition_count(self, name: str) -> int:
+        """The partition count of topic ``name`` (created first if missing), looked up once.
+
+        Raises:
+            BusUnavailable: the broker did not answer within the delivery timeout.
+        """
+        count = self._ready.get(name)
+        if count is not None:
+            return count
         # one look at a time, and waiters resume in arrival order: publishes stay in call order
         async with self._topic_lock:
             if name not in self._ready:
-                await asyncio.to_thread(self._create_if_missing, name)
-                self._ready.add(name)
+                self._ready[name] = await asyncio.to_thread(self._create_if_missing, name)
+            return self._ready[name]
 
-    def _create_if_missing(self, name: str) -> None:
+    def _create_if_missing(self, name: str) -> int:
         admin = self._admin
         if admin is None:
             msg = "the Kafka bus is not started"
@@ -250,7 +261,7 @@ class KafkaBus:
             found = topics.get(name)
             if found is not None and found.error is None:
                 log.info("Kafka bus: topic %r has %d partitions", name, len(found.partitions))
-                return
+                return len(found.partitions)
             new = NewTopic(name, num_partitions=self.partitions, replication_factor=self.replication_factor)
             try:
                 admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)[name].result(
@@ -259,11 +270,20 @@ class KafkaBus:
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-                return
+                return self._existing_partitions(admin, name)
         except KafkaException as exc:
             msg = f"Kafka broker {self.endpoint.bootstrap} unavailable: {exc.args[0].str()}"
             raise BusUnavailable(msg) from None
         log.info("Kafka bus: created topic %r with %d partitions", name, self.partitions)
+        return self.partitions
+
+    def _existing_partitions(self, admin: AdminClient, name: str) -> int:
+        """The partition count of a topic another process created a moment ago."""
+        found = admin.list_topics(name, timeout=self.delivery_timeout_s).topics.get(name)
+        if found is None or found.error is not None or not found.partitions:
+            msg = f"Kafka broker {self.endpoint.bootstrap} does not describe topic {name!r}"
+            raise BusUnavailable(msg)
+        return len(found.partitions)
 
     # -- publish -----------------------------------------------------------------------------
 
@@ -275,14 +295,14 @@ class KafkaBus:
             msg = "the bus is closed"
             raise BusUnavailable(msg)
         name = self.topic_name(topic)
-        await self.ensure_topic(name)
+        partitions = await self.partition_count(name)
         if self._fatal:
             producer = self._replace_producer()
-        pieces = list(split_by_device(batch))
+        pieces = split_by_partition(batch, partitions)
         delivery = _Delivery(asyncio.get_running_loop(), len(pieces))
         try:
-            for key, value in pieces:
-                producer.produce(name, value, key.encode(), on_delivery=delivery.report)
+            for partition, value in pieces:
+                producer.produce(name, value, partition=partition, on_delivery=delivery.report)
         except BufferError:
             delivery.abandoned = True
             msg = f"the Kafka producer's queue is full ({len(producer)} messages waiting for the broker)"
@@ -303,7 +323,7 @@ class KafkaBus:
         finally:
             self._pending.discard(delivery)
         if delivery.error is not None:
-            self._ready.discard(name)  # a broker restarted empty has lost it: look again next time
+            self._ready.pop(name, None)  # a broker restarted empty has lost it: look again next time
             error = delivery.error
             reason = "unreachable" if error.code() == KafkaError._MSG_TIMED_OUT else "refused the batch"
             msg = f"Kafka broker {self.endpoint.bootstrap} {reason}: {error.str()}"

@@ -23,7 +23,9 @@ where without it a member closing cleanly leaves the group at once.
 
 librdkafka's consumer blocks: ``consume`` runs in a worker thread and decodes
 there; rebalance callbacks fire inside it and wait while the hooks run on the
-event loop, which is free (it is only awaiting that thread).
+event loop. The next fetch starts as soon as a batch is handed out, so it runs
+while the consumer stores that batch; a rebalance hook it triggers waits for
+the consumer's step to end, as the worker's hooks take its lock.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from fleetstream.adapters.bus.codec import Slice, UndecodableMessage, join_slices, read_slice
+from fleetstream.adapters.bus.codec import Pack, UndecodableMessage, join_packs, read_pack
+from fleetstream.domain.batch import Batch
 from fleetstream.ports import PartitionsHook
 
 if TYPE_CHECKING:
@@ -63,6 +66,9 @@ def group_config(group: str) -> dict[str, Any]:
         "partition.assignment.strategy": "range",
         # a topic created after the subscription (by the first publish) is seen within seconds
         "topic.metadata.refresh.interval.ms": 5000,
+        # a fetch finding nothing new waits this long on the broker; Tansu waits it out even when
+        # records arrive meanwhile, so the default 500 ms would cap a caught-up consumer's rate
+        "fetch.wait.max.ms": 20,
     }
 
 
@@ -70,7 +76,7 @@ def group_config(group: str) -> dict[str, Any]:
 class _Record:
     partition: int
     offset: int
-    piece: Slice | None  # None: not a slice (skipped, but committed past)
+    piece: Pack | None  # None: not a pack (skipped, but committed past)
     records: int
 
 
@@ -79,14 +85,28 @@ class KafkaBatch:
 
     def __init__(self, sub: Subscription, records: list[_Record]) -> None:
         self._sub = sub
-        self.records = records  # (partition, offset, slice) each: per-partition consumers need them
-        self.batch = join_slices([r.piece for r in records if r.piece is not None])
+        self.records = records  # (partition, offset, pack) each: per-partition consumers need them
+        self._batch: Batch | None = None
         self.first: dict[int, int] = {}
         self.next: dict[int, int] = {}
         for r in records:
             self.first.setdefault(r.partition, r.offset)
             self.next[r.partition] = r.offset + 1
+        # each partition's assignment when taken: a commit never crosses a revocation
+        self.generation = {p: sub.generation.get(p, 0) for p in self.next}
         self._done = False
+
+    @property
+    def batch(self) -> Batch:
+        """The records joined into one batch (on first use: a per-partition consumer needs not)."""
+        if self._batch is None:
+            self._batch = join_packs([r.piece for r in self.records if r.piece is not None])
+        return self._batch
+
+    @property
+    def record_count(self) -> int:
+        """Records in the batch, without joining them."""
+        return sum(r.records for r in self.records)
 
     async def commit(self) -> None:
         if not self._done:
@@ -97,7 +117,7 @@ class KafkaBatch:
         if not self._done:
             self._done = True
             log.warning(
-                "Kafka bus: a batch of %d records failed (%s); it is taken again", self.batch.records, exc
+                "Kafka bus: a batch of %d records failed (%s); it is taken again", self.record_count, exc
             )
             await self._sub.rewind(self)
 
@@ -123,6 +143,10 @@ class Subscription:
         self.assigned: set[int] = set()
         self.committed: dict[int, int] = {}
         self.floor: dict[int, int] = {}  # partition -> offset of a failed record not yet committed
+        # partition -> revocations so far: a batch taken before one may have been skipped by its
+        # consumer (the partition was not its own then), so its offsets must not be committed
+        # after the partition comes back (the group would start past records never processed)
+        self.generation: dict[int, int] = {}
         self.commit_failures = 0
         self._buffer: deque[_Record] = deque()
         self._rewound: dict[int, int] = {}  # partition -> offset it was rewound to, not fetched yet
@@ -130,6 +154,10 @@ class Subscription:
         self._in_client = threading.Lock()  # consume and close never run at once
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._prefetch: asyncio.Future[list[_Record]] | None = None  # the fetch running ahead
+        # messages per fetch: a message holds a partition's share of a publish (often hundreds of
+        # records), so this many fill a batch of max_records without waiting for more fetches
+        self._fetch_messages = min(self.max_records, 1000)
 
     async def batches(self) -> AsyncIterator[KafkaBatch]:
         self._loop = asyncio.get_running_loop()
@@ -139,17 +167,33 @@ class Subscription:
         self._consumer = consumer
         consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
         log.info("Kafka bus: consuming %r in group %r", self.topic, self.config["group.id"])
-        fetch = min(self.max_records, 1000)
         try:
             while not self.bus.closing:
                 if not self._buffer:
-                    self._keep(await asyncio.to_thread(self._fetch, consumer, fetch))
+                    self._keep(await self._prefetched(consumer))
                     continue
-                yield KafkaBatch(self, self._take())
+                taken = self._take()
+                if self._prefetch is None:
+                    # the next fetch runs (in its thread) while the caller stores this batch
+                    self._prefetch = asyncio.ensure_future(asyncio.to_thread(self._fetch, consumer))
+                yield KafkaBatch(self, taken)
+                if self._prefetch is not None and self._prefetch.done():
+                    self._keep(await self._prefetched(consumer))
         finally:
+            if self._prefetch is not None:
+                with contextlib.suppress(Exception):
+                    await self._prefetch
+                self._prefetch = None
             self._consumer = None
             # leaves the group now: the other members get its partitions without a timeout
             await asyncio.to_thread(self._close, consumer)
+
+    async def _prefetched(self, consumer: Consumer) -> list[_Record]:
+        """The records of the fetch started ahead, or of a new one."""
+        fetch, self._prefetch = self._prefetch, None
+        if fetch is None:
+            return await asyncio.to_thread(self._fetch, consumer)
+        return await fetch
 
     def _close(self, consumer: Consumer) -> None:
         """Close once a fetch still running (its task was cancelled) has returned."""
@@ -193,11 +237,21 @@ class Subscription:
             count += record.records
         return taken
 
-    def _fetch(self, consumer: Consumer, n: int) -> list[_Record]:
-        """Consume and decode (on a worker thread)."""
+    def _fetch(self, consumer: Consumer) -> list[_Record]:
+        """Consume and decode (on a worker thread).
+
+        Waits for the first message only, then takes what else librdkafka already holds:
+        ``consume(n, timeout)`` alone would wait the whole timeout whenever fewer than n messages
+        are there, which is every fetch once messages are packs of many records.
+        """
         try:
             with self._in_client:
-                messages = consumer.consume(num_messages=n, timeout=_FETCH_TIMEOUT_S)
+                first = consumer.poll(_FETCH_TIMEOUT_S)
+                if first is None:
+                    return []
+                messages = [first]
+                if self._fetch_messages > 1:
+                    messages += consumer.consume(num_messages=self._fetch_messages - 1, timeout=0)
         except (KafkaException, RuntimeError) as exc:
             log.warning("Kafka bus: consume failed: %s", exc)
             return []
@@ -213,7 +267,7 @@ class Subscription:
         assert partition is not None
         assert offset is not None
         try:
-            piece = read_slice(message.value() or b"")
+            piece = read_pack(message.value() or b"")
         except UndecodableMessage as exc:
             # kept, empty, so that committing moves past it
             log.error("Kafka bus: skipping %s[%d]@%d: %s", self.topic, partition, offset, exc)
@@ -225,6 +279,8 @@ class Subscription:
     async def commit(self, taken: KafkaBatch) -> None:
         offsets = []
         for partition, after in taken.next.items():
+            if taken.generation[partition] != self.generation.get(partition, 0):
+                continue  # revoked since the batch was taken
             floor = self.floor.get(partition)
             if floor is not None:
                 if taken.first[partition] == floor:
@@ -237,7 +293,12 @@ class Subscription:
         if not offsets or consumer is None:
             return
         async with self._committing:  # one at a time: a later commit never lands before an earlier one
-            offsets = [tp for tp in offsets if tp.offset > self.committed.get(tp.partition, -1)]
+            offsets = [
+                tp
+                for tp in offsets
+                if tp.offset > self.committed.get(tp.partition, -1)
+                and taken.generation[tp.partition] == self.generation.get(tp.partition, 0)
+            ]
             if not offsets:
                 return
             try:
@@ -252,6 +313,9 @@ class Subscription:
 
     async def rewind(self, taken: KafkaBatch) -> None:
         consumer = self._consumer
+        if self._prefetch is not None and consumer is not None:
+            # no fetch may run across the seek: its records are kept (then dropped below) first
+            self._keep(await self._prefetched(consumer))
         for partition, first in taken.first.items():
             self.floor[partition] = min(first, self.floor.get(partition, first))
             self._buffer = deque(r for r in self._buffer if r.partition != partition or r.offset < first)
@@ -293,6 +357,7 @@ class Subscription:
         gone = set(partitions)
         self.assigned -= gone
         for p in gone:
+            self.generation[p] = self.generation.get(p, 0) + 1
             self.committed.pop(p, None)
             self.floor.pop(p, None)
             self._rewound.pop(p, None)
