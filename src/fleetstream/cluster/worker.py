@@ -36,7 +36,6 @@ from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.adapters.bus.kafka_subscription import KafkaBatch
 from fleetstream.adapters.store.postgres import Connection, PostgresStore
 from fleetstream.cluster.adapters import kafka_bus, postgres_store
-from fleetstream.cluster.dedup import deduplicate
 from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
@@ -47,6 +46,7 @@ from fleetstream.domain.clock import Clock, SystemClock
 from fleetstream.domain.dedup import Deduplicator
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.windows import ALL_DEVICES
+from fleetstream.engine.dedup_stage import deduplicate
 from fleetstream.engine.processors import StreamProcessors
 from fleetstream.ports import READINGS_TOPIC, Derived
 

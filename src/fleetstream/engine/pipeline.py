@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
@@ -38,6 +37,7 @@ from fleetstream.domain.records import DedupKey
 from fleetstream.domain.stats import LiveStats, RateMeter
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
+from fleetstream.engine.dedup_stage import deduplicate
 from fleetstream.engine.fanout import Channel, Hub
 from fleetstream.engine.model_control import ModelControl
 from fleetstream.engine.processors import StreamProcessors
@@ -359,37 +359,7 @@ class Engine(ShadowUpdates):
 
     async def _deduplicate(self, batch: Batch) -> tuple[Batch, Sequence[DedupKey]]:
         """The rows and events not seen before, and the keys this added to the dedup memory."""
-        keys = batch.dedup_keys()
-        ts: list[int] = batch.ts
-        if batch.events:
-            keys += [e.dedup_key for e in batch.events]
-            ts = ts + [e.ts for e in batch.events]
-        fresh, unknown = self.dedup.classify(keys, ts)
-        if fresh is None:
-            return batch, keys
-        remembered = [keys[i] for i in fresh]
-        kept = fresh
-        if unknown:
-            try:
-                older = {keys[i]: (keys[i], ts[i]) for i in unknown}  # also drops repeats inside the batch
-                stored = await self.store.stored_keys(list(older.values()))
-            except Exception:
-                self.dedup.forget(remembered)
-                raise
-            self.dedup.duplicates_total += len(unknown) - len(older) + len(stored)
-            for i in unknown:
-                key = keys[i]
-                if key not in stored and older.pop(key, None) is not None:
-                    kept.append(i)
-            kept.sort()
-        rows = len(batch)
-        cut = bisect_left(kept, rows)  # indexes below ``rows`` are rows, the others events
-        out = batch.take(kept[:cut])
-        events = [j - rows for j in kept[cut:]]
-        out.events = [batch.events[j] for j in events]
-        out.event_msg = [batch.event_msg[j] for j in events]
-        out.messages_count = len(set(out.msg)) + len(out.events)
-        return out, remembered
+        return await deduplicate(self.dedup, self.store, batch)
 
     async def _after_commit(self, batch: Batch) -> None:
         known = self.stats.sensor_count

@@ -1,7 +1,7 @@
-"""Dedup of a worker's batch: the dedup memory first, then the store for keys older than its horizon.
+"""Dedup of a batch: the dedup memory first, then the store for keys older than its horizon.
 
-The same steps as the embedded engine's (:mod:`fleetstream.engine.pipeline`), over a batch that
-already carries its log positions.
+One function for the embedded engine (:mod:`fleetstream.engine.pipeline`) and the cluster's
+workers, whose batches already carry their log positions.
 """
 
 from __future__ import annotations
