@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import msgspec
 
+from fleetstream.adapters.store.alert_rows import COLUMNS, ON_CONFLICT, alert_from_row, alert_rows
 from fleetstream.domain.alerts import Alert
 from fleetstream.ports import AlertQuery
 
@@ -44,71 +45,14 @@ CREATE TABLE IF NOT EXISTS zones (
 """
 
 KINDS = ("rules", "zones")
-_COLUMNS = (
-    "id, device_id, rule_id, severity, state, opened_at, cleared_at, acknowledged_at, acknowledged_by, "
-    "ack_note, first_value, last_value, message, updated_at"
-)
 _encode = msgspec.json.Encoder().encode
 
 
 def write_alerts(con: duckdb.DuckDBPyConnection, alerts: list[Alert]) -> None:
     """Upsert alerts (inside the caller's transaction); the last copy of an id wins."""
-    latest = {a.id: a for a in alerts}
-    rows = [
-        (
-            a.id,
-            a.device_id,
-            a.rule_id,
-            a.severity,
-            a.state,
-            a.opened_at,
-            a.cleared_at,
-            a.acknowledged_at,
-            a.acknowledged_by,
-            a.ack_note,
-            a.first_value,
-            a.last_value,
-            a.message,
-            a.updated_at,
-        )
-        for a in latest.values()
-    ]
     con.executemany(
-        f"""INSERT INTO alerts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (id) DO UPDATE SET
-              severity = excluded.severity,
-              state = CASE WHEN excluded.state = 'active' AND alerts.state = 'acknowledged'
-                           THEN 'acknowledged' ELSE excluded.state END,
-              cleared_at = excluded.cleared_at,
-              acknowledged_at = coalesce(excluded.acknowledged_at, alerts.acknowledged_at),
-              acknowledged_by = coalesce(excluded.acknowledged_by, alerts.acknowledged_by),
-              ack_note = coalesce(excluded.ack_note, alerts.ack_note),
-              last_value = excluded.last_value,
-              message = excluded.message,
-              updated_at = greatest(excluded.updated_at, alerts.updated_at)""",
-        rows,
-    )
-
-
-def _alert(row: tuple[Any, ...]) -> Alert:
-    (aid, device, rule, severity, state, opened, cleared, acked, by, note, first, last, message, updated) = (
-        row
-    )
-    return Alert(
-        id=aid,
-        device_id=device,
-        rule_id=rule,
-        severity=severity,
-        state=state,
-        opened_at=int(opened),
-        first_value=float(first),
-        last_value=float(last),
-        message=message,
-        acknowledged_at=None if acked is None else int(acked),
-        acknowledged_by=by,
-        ack_note=note,
-        cleared_at=None if cleared is None else int(cleared),
-        updated_at=int(updated),
+        f"INSERT INTO alerts ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {ON_CONFLICT}",
+        alert_rows(alerts),
     )
 
 
@@ -129,16 +73,16 @@ def query_alerts(con: duckdb.DuckDBPyConnection, query: AlertQuery) -> tuple[int
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     total = con.execute(f"SELECT count(*) FROM alerts {clause}", params).fetchall()[0][0]
     rows = con.execute(
-        f"SELECT {_COLUMNS} FROM alerts {clause} ORDER BY opened_at DESC, id LIMIT ? OFFSET ?",
+        f"SELECT {COLUMNS} FROM alerts {clause} ORDER BY opened_at DESC, id LIMIT ? OFFSET ?",
         [*params, query.limit, query.offset],
     ).fetchall()
-    return int(total), [_alert(r) for r in rows]
+    return int(total), [alert_from_row(r) for r in rows]
 
 
 def get_alert(con: duckdb.DuckDBPyConnection, alert_id: str) -> Alert | None:
     """One alert by id."""
-    rows = con.execute(f"SELECT {_COLUMNS} FROM alerts WHERE id = ?", [alert_id]).fetchall()
-    return _alert(rows[0]) if rows else None
+    rows = con.execute(f"SELECT {COLUMNS} FROM alerts WHERE id = ?", [alert_id]).fetchall()
+    return alert_from_row(rows[0]) if rows else None
 
 
 def _table(kind: str) -> str:

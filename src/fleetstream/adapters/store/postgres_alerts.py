@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetstream.adapters.store.alert_rows import COLUMNS, ON_CONFLICT, alert_from_row, alert_rows
 from fleetstream.domain.alerts import Alert
 from fleetstream.domain.federated import ModelRound
 from fleetstream.ports import AlertQuery
@@ -63,75 +64,17 @@ CREATE TABLE IF NOT EXISTS model_rounds (
 """
 
 KINDS = ("rules", "zones")
-_COLUMNS = (
-    "id, device_id, rule_id, severity, state, opened_at, cleared_at, acknowledged_at, acknowledged_by, "
-    "ack_note, first_value, last_value, message, updated_at"
-)
 _encode = msgspec.json.Encoder().encode
 
 
 async def write_alerts(con: Connection, alerts: list[Alert]) -> None:
     """Upsert alerts (inside the caller's transaction); the last copy of an id wins."""
-    latest = {a.id: a for a in alerts}  # ON CONFLICT may touch a row once: the last copy only
-    rows = [
-        (
-            a.id,
-            a.device_id,
-            a.rule_id,
-            a.severity,
-            a.state,
-            a.opened_at,
-            a.cleared_at,
-            a.acknowledged_at,
-            a.acknowledged_by,
-            a.ack_note,
-            a.first_value,
-            a.last_value,
-            a.message,
-            a.updated_at,
-        )
-        for a in latest.values()
-    ]
     # Alerts are few per commit (one per rule and device that changed): executemany pipelines them.
     async with con.cursor() as cur:
         await cur.executemany(
-            f"""INSERT INTO alerts ({_COLUMNS})
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (id) DO UPDATE SET
-                  severity = excluded.severity,
-                  state = CASE WHEN excluded.state = 'active' AND alerts.state = 'acknowledged'
-                               THEN 'acknowledged' ELSE excluded.state END,
-                  cleared_at = excluded.cleared_at,
-                  acknowledged_at = coalesce(excluded.acknowledged_at, alerts.acknowledged_at),
-                  acknowledged_by = coalesce(excluded.acknowledged_by, alerts.acknowledged_by),
-                  ack_note = coalesce(excluded.ack_note, alerts.ack_note),
-                  last_value = excluded.last_value,
-                  message = excluded.message,
-                  updated_at = greatest(excluded.updated_at, alerts.updated_at)""",
-            rows,
+            f"INSERT INTO alerts ({COLUMNS}) VALUES ({', '.join(['%s'] * 14)}) {ON_CONFLICT}",
+            alert_rows(alerts),
         )
-
-
-def _alert(row: tuple[Any, ...]) -> Alert:
-    (aid, device, rule, severity, state, opened, cleared, acked, by, note, first, last, message, updated) = (
-        row
-    )
-    return Alert(
-        id=aid,
-        device_id=device,
-        rule_id=rule,
-        severity=severity,
-        state=state,
-        opened_at=int(opened),
-        first_value=float(first),
-        last_value=float(last),
-        message=message,
-        acknowledged_at=None if acked is None else int(acked),
-        acknowledged_by=by,
-        ack_note=note,
-        cleared_at=None if cleared is None else int(cleared),
-        updated_at=int(updated),
-    )
 
 
 async def query_alerts(con: Connection, query: AlertQuery) -> tuple[int, list[Alert]]:
@@ -155,19 +98,19 @@ async def query_alerts(con: Connection, query: AlertQuery) -> tuple[int, list[Al
     total = await cur.fetchone()
     assert total is not None
     cur = await con.execute(
-        f'SELECT {_COLUMNS} FROM alerts {clause} ORDER BY opened_at DESC, id COLLATE "C" LIMIT %s OFFSET %s',
+        f'SELECT {COLUMNS} FROM alerts {clause} ORDER BY opened_at DESC, id COLLATE "C" LIMIT %s OFFSET %s',
         [*params, query.limit, query.offset],
     )
-    return int(total[0]), [_alert(r) for r in await cur.fetchall()]
+    return int(total[0]), [alert_from_row(r) for r in await cur.fetchall()]
 
 
 async def get_alert(con: Connection, alert_id: str) -> Alert | None:
     """One alert by id."""
     if "\0" in alert_id:
         return None
-    cur = await con.execute(f"SELECT {_COLUMNS} FROM alerts WHERE id = %s", [alert_id])
+    cur = await con.execute(f"SELECT {COLUMNS} FROM alerts WHERE id = %s", [alert_id])
     row = await cur.fetchone()
-    return None if row is None else _alert(row)
+    return None if row is None else alert_from_row(row)
 
 
 def _table(kind: str) -> str:
