@@ -43,6 +43,7 @@ from fleetstream.domain.federated import (
     train_federated,
 )
 from fleetstream.domain.predictor import FailurePredictor, hysteresis_alerts
+from fleetstream.simulator.failures import fleet_outages
 from fleetstream.simulator.fleet import Fleet
 from fleetstream.simulator.lifecycle import LifecycleOptions
 
@@ -103,20 +104,7 @@ def simulate(
             series.append((ORIGIN_US + (int(m) + 1) * MINUTE_US, stats))
         windows[d.device_id] = series
 
-    def at(seconds: float | None) -> int | None:
-        return None if seconds is None else ORIGIN_US + round(seconds * 1_000_000)
-
-    truth: dict[str, list[Outage]] = {}
-    for e in fleet.life.episodes:
-        device_id = fleet.devices[e.device].device_id
-        outage = Outage(
-            device_id,
-            ORIGIN_US + round(e.degraded_at_s * 1e6),
-            at(e.failing_at_s),
-            at(e.failed_at_s),
-            at(e.recovered_at_s),
-        )
-        truth.setdefault(device_id, []).append(outage)
+    truth = fleet_outages(fleet, ORIGIN_US)
     return windows, truth
 
 

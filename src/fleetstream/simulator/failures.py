@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fleetstream.domain.failure_truth import Outage
 from fleetstream.simulator.fleet import Fleet
 from fleetstream.simulator.models import iso_ms
 
@@ -52,6 +53,30 @@ def failure_rows(fleet: Fleet) -> list[dict[str, Any]]:
         }
         for e in fleet.life.episodes
     ]
+
+
+def fleet_outages(fleet: Fleet, origin_us: int | None = None) -> dict[str, list[Outage]]:
+    """Every degradation episode so far as the predictor's ground truth, by device, times in µs.
+
+    ``origin_us`` is the event time of the fleet's second 0 (default: the fleet's own origin).
+    """
+    origin = (fleet.origin_us or 0) if origin_us is None else origin_us
+
+    def at(seconds: float | None) -> int | None:
+        return None if seconds is None else origin + round(seconds * 1_000_000)
+
+    out: dict[str, list[Outage]] = {}
+    for e in fleet.life.episodes:
+        device_id = fleet.devices[e.device].device_id
+        outage = Outage(
+            device_id,
+            origin + round(e.degraded_at_s * 1e6),
+            at(e.failing_at_s),
+            at(e.failed_at_s),
+            at(e.recovered_at_s),
+        )
+        out.setdefault(device_id, []).append(outage)
+    return out
 
 
 def write_failures(path: Path, rows: list[dict[str, Any]]) -> None:

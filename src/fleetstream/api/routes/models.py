@@ -21,6 +21,7 @@ from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.timeutil import us_to_iso
 from fleetstream.engine.pipeline import Engine
 from fleetstream.errors import ConfigError, InvalidDefinition, NotFound
+from fleetstream.simulator.failures import fleet_outages
 
 router = APIRouter(tags=["prediction"])
 
@@ -58,24 +59,7 @@ def _simulator_truth(runtime: Any) -> dict[str, list[Outage]] | None:
     simulator = runtime.info.get("simulator")
     if simulator is None:
         return None
-    fleet = simulator.fleet
-    origin = fleet.origin_us or 0
-
-    def at(seconds: float | None) -> int | None:
-        return None if seconds is None else origin + round(seconds * 1_000_000)
-
-    out: dict[str, list[Outage]] = {}
-    for e in fleet.life.episodes:
-        device_id = fleet.devices[e.device].device_id
-        outage = Outage(
-            device_id,
-            origin + round(e.degraded_at_s * 1e6),
-            at(e.failing_at_s),
-            at(e.failed_at_s),
-            at(e.recovered_at_s),
-        )
-        out.setdefault(device_id, []).append(outage)
-    return out
+    return fleet_outages(simulator.fleet)
 
 
 @router.post(
