@@ -411,7 +411,7 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
         live = wait_for(lambda: _live_temp_count(api) == stored_temp, timeout=15, interval=0.3)
         fleet = {size: api.call("GET", f"/api/v1/windows?size={size}&{SPAN}")[1]["windows"] for size in SIZES}
         device = api.call("GET", f"/api/v1/windows?device_id=d-3&size=1m&{SPAN}")[1]["windows"]
-        refused = api.call("POST", "/api/v1/device-types", {"name": "oven", "sensors": {}})
+        refused = api.call("POST", "/api/v1/simulator/start")
     finally:
         codes = [gw.stop(), api.stop(), *(w.stop() for w in workers)]
     assert codes[0] == 0, gw.output()
@@ -436,7 +436,7 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
 
     # the api: fleet windows merged from the partitions' partials equal the embedded fleet windows
     # (count, min and max exactly, sum to rounding, quantiles within the sketch's accuracy), a
-    # device's windows are the stored ones, and device type registration is refused with the reason
+    # device's windows are the stored ones, and the built-in simulator is refused with the reason
     for size in SIZES:
         merged = [(w["sensor"], _us(w["start"]), w["count"], w["min"], w["max"]) for w in fleet[size]]
         assert merged == [(*row[:3], *row[4:6]) for row in expected_fleet[size]]

@@ -5,8 +5,9 @@ consume: queries read the store (fleet windows merged from the workers' partials
 :mod:`.fleet`), ingest publishes to Kafka as a gateway does, and the live streams and statistics
 come from the workers through Kafka (:mod:`.live`). Rule and zone changes are stored for the
 workers to apply; alert acknowledgements and device shadow updates go to the worker owning the
-device (:mod:`.api_writes`). The built-in simulator and device type registration answer 501 with a
-message saying so (docs/deploy.md, "Cluster mode").
+device (:mod:`.api_writes`). Device types are registered in the store and re-read every second
+(:mod:`.typestore`), by every api and gateway. The built-in simulator's control writes answer 501
+with a message saying so (docs/deploy.md, "Cluster mode").
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from fleetstream.cluster import writes
 from fleetstream.cluster.api_writes import ApiEngine
 from fleetstream.cluster.fleet import ClusterPostgresStore
 from fleetstream.cluster.live import LiveRelay
+from fleetstream.cluster.typestore import StoredTypes
 from fleetstream.config import Settings
 from fleetstream.ports import Store
 from fleetstream.runtime import Runtime
 
-_SINGLE_WRITER = re.compile(r"^/api/v1/simulator(/.*)?$|^/api/v1/device-types(/.*)?$")
+_SINGLE_WRITER = re.compile(r"^/api/v1/simulator(/.*)?$")
 _WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 NOT_IN_CLUSTER = (
     "not available in cluster mode yet: device types and the built-in simulator change state every "
@@ -41,6 +43,7 @@ class ApiRuntime(Runtime):
     """Store and bus of an api process; its engine stays idle (the workers process)."""
 
     engine: ApiEngine
+    device_types: StoredTypes
 
     def __init__(self, settings: Settings) -> None:
         store = ClusterPostgresStore(settings.store_url)
@@ -57,6 +60,9 @@ class ApiRuntime(Runtime):
             cluster_store=store,
             command_timeout_s=settings.ingest.ack_timeout_s,  # as long as ingest waits for durability
         )
+        # the registry every api and gateway shares (the data dir's file is embedded mode's)
+        self.device_types = StoredTypes(store)
+        self.gateway.user_types = self.device_types
         self._idle: asyncio.Task[None] | None = None
         self.relay: LiveRelay | None = None
 
@@ -66,6 +72,7 @@ class ApiRuntime(Runtime):
         self.engine.sensors_seen = await self.store.sensors()
         await writes.create_table(self.engine.cluster_store)
         await self.engine.rules.start()
+        await self.device_types.start()
         if isinstance(self.bus, KafkaBus):
             self.relay = LiveRelay(self.bus, self.engine)
             await self.relay.start()
@@ -77,6 +84,7 @@ class ApiRuntime(Runtime):
     async def stop(self) -> None:
         self.started = False
         await self.engine.rules.stop()
+        await self.device_types.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self._idle is not None:

@@ -80,7 +80,10 @@ def gateway(
     ] = None,
     store: Annotated[
         str | None,
-        typer.Option(envvar="FLEETSTREAM_STORE", help="where --mqtt/--kafka-source keep dead letters"),
+        typer.Option(
+            envvar="FLEETSTREAM_STORE",
+            help="PostgreSQL: device types registered through the api; dead letters of --mqtt/--kafka-source",
+        ),
     ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:

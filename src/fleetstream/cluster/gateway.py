@@ -7,7 +7,9 @@ broker for its metadata, so a load balancer stops sending to a gateway whose bro
 
 With ``--mqtt`` or ``--kafka-source`` the gateway also takes device messages from those brokers,
 acknowledging (MQTT PUBACK, Kafka offset commit) only once the bus publish returned; what cannot be
-ingested is kept as a dead letter, in the ``--store`` the gateway then needs for that alone.
+ingested is kept as a dead letter, in the ``--store`` the gateway then needs for that. With
+``--store`` the gateway also validates the device types registered through any api instance
+(:mod:`.typestore`, re-read every second); without it only the built-in types are known.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -25,12 +27,16 @@ from fleetstream import __version__
 from fleetstream.adapters import BUSES, STORES, by_url
 from fleetstream.api import errors
 from fleetstream.api.routes import ingest
+from fleetstream.cluster.typestore import StoredTypes
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock, SystemClock
 from fleetstream.errors import ConfigError
 from fleetstream.ingest.gateway import Gateway
 from fleetstream.ingest.intake import Intake
 from fleetstream.ports import Bus, Source, Store
+
+if TYPE_CHECKING:
+    from fleetstream.adapters.store.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +57,18 @@ class GatewayNode:
             ack_timeout_s=settings.ingest.ack_timeout_s,
         )
         self.gateway = Gateway(self.bus, self.clock, settings.ingest)
-        self.store: Store | None = None  # only for the dead letters of device-side sources
+        self.store: Store | None = None  # dead letters of device-side sources; device types
         self.sources: dict[str, Source] = {}
+        self.device_types: StoredTypes | None = None
         self.started = False
         if settings.mqtt or settings.kafka_source:
             self._add_sources(settings)
+        if settings.store is not None and settings.store_url.startswith(("postgresql://", "postgres://")):
+            if self.store is None:
+                self.store = cast("Store", by_url(STORES, settings.store_url, "store"))
+            # the types registered through any api, re-read every second (see cluster.typestore)
+            self.device_types = StoredTypes(cast("PostgresStore", self.store))
+            self.gateway.user_types = self.device_types
 
     def _add_sources(self, settings: Settings) -> None:
         """MQTT and Kafka device-side sources, acknowledging a message once its publish returned."""
@@ -86,6 +99,10 @@ class GatewayNode:
         then start the sources."""
         if self.store is not None:
             await self.store.start()
+        if self.device_types is not None:
+            await self.device_types.start()
+        else:
+            log.info("no --store: device types registered through the api are not known here")
         await self.bus.start()
         for source in self.sources.values():
             await source.start()
@@ -101,6 +118,8 @@ class GatewayNode:
             except Exception:
                 log.exception("stopping source %s failed", source.name)
         await self.bus.close()
+        if self.device_types is not None:
+            await self.device_types.stop()
         if self.store is not None:
             await self.store.close()
 

@@ -106,12 +106,19 @@ class UserTypes:
         self._versions: dict[str, list[UserType]] = {}
         self._validators: dict[str, Validator] = {}
         if path is not None and path.exists():
-            for spec in json.loads(path.read_text(encoding="utf-8"))["types"]:
-                t = parse_spec(spec, spec["version"])
-                self._versions.setdefault(key_of(t.name), []).append(t)
-            for key, versions in self._versions.items():
-                versions.sort(key=lambda t: t.version)
-                self._validators[key] = compile_schema(versions[-1].schema)
+            self.replace(json.loads(path.read_text(encoding="utf-8"))["types"])
+
+    def replace(self, specs: list[dict[str, Any]]) -> None:
+        """Hold exactly these stored versions (each ``spec()`` of a type), in place of any held."""
+        versions: dict[str, list[UserType]] = {}
+        for spec in specs:
+            t = parse_spec(spec, spec["version"])
+            versions.setdefault(key_of(t.name), []).append(t)
+        validators: dict[str, Validator] = {}
+        for key, held in versions.items():
+            held.sort(key=lambda t: t.version)
+            validators[key] = compile_schema(held[-1].schema)
+        self._versions, self._validators = versions, validators
 
     def __len__(self) -> int:
         return len(self._versions)
@@ -137,6 +144,20 @@ class UserTypes:
             IncompatibleType: the new version would reject messages the current one accepts
                 (``details["changes"]``); pass ``force`` to register it anyway.
         """
+        new, created = self.prepare(body, force=force)
+        if created:
+            self.add(new)
+        return new, created
+
+    async def submit(self, body: Any, *, force: bool = False) -> tuple[UserType, bool]:
+        """:meth:`register`, for the API: a registry shared by processes stores it durably first."""
+        return self.register(body, force=force)
+
+    def prepare(self, body: Any, *, force: bool = False) -> tuple[UserType, bool]:
+        """The version ``body`` would register (``(type, True)``), or the current one if identical.
+
+        Nothing is added: :meth:`add` does that. Raises as :meth:`register`.
+        """
         name = body.get("name") if isinstance(body, dict) else None
         current = self.latest(name) if isinstance(name, str) else None
         new = parse_spec(body, current.version + 1 if current else 1)
@@ -151,11 +172,14 @@ class UserTypes:
                 )
                 raise IncompatibleType(msg, details={"version": current.version, "changes": changes})
             new = UserType(current.name, new.version, new.schema, new.units, new.ranges, new.description)
+        return new, True
+
+    def add(self, new: UserType) -> None:
+        """Hold a version :meth:`prepare` made (and save the file, if there is one)."""
         key = key_of(new.name)
         self._validators[key] = compile_schema(new.schema)
         self._versions.setdefault(key, []).append(new)
         self._save()
-        return new, True
 
     def _save(self) -> None:
         if self.path is None:

@@ -171,7 +171,7 @@ async def register_device_type(
         raise MalformedBody(msg) from None
     user_types = runtime.device_types
     try:
-        registered, created = user_types.register(body, force=force)
+        registered, created = await user_types.submit(body, force=force)
     except IncompatibleType as exc:
         return _json_status(error_body(exc.code, exc.message, exc.details), 409)
     versions = [v.version for v in user_types.versions(registered.name)]
