@@ -455,7 +455,7 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
     assert len(streamed) >= 10, api.output()[-3000:]
     assert {key: final[key] for key in streamed} == streamed
     assert refused[0] == 501
-    assert "cluster mode" in refused[1]["error"]["message"]
+    assert "fleetstream simulate --target" in refused[1]["error"]["message"]
 
 
 def _ready(proc: Proc) -> bool:

@@ -6,14 +6,16 @@ consume: queries read the store (fleet windows merged from the workers' partials
 come from the workers through Kafka (:mod:`.live`). Rule and zone changes are stored for the
 workers to apply; alert acknowledgements and device shadow updates go to the worker owning the
 device (:mod:`.api_writes`). Device types are registered in the store and re-read every second
-(:mod:`.typestore`), by every api and gateway. The built-in simulator's control writes answer 501
-with a message saying so (docs/deploy.md, "Cluster mode").
+(:mod:`.typestore`), by every api and gateway. The built-in simulator runs only in ``fleetstream
+up`` on Kafka and PostgreSQL (one process, sending through its gateway); on a ``fleetstream api``
+its control writes answer 501 with a message naming ``fleetstream simulate`` (docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from typing import cast
 
@@ -30,12 +32,14 @@ from fleetstream.config import Settings
 from fleetstream.ports import Store
 from fleetstream.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 _SINGLE_WRITER = re.compile(r"^/api/v1/simulator(/.*)?$")
 _WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 NOT_IN_CLUSTER = (
-    "not available in cluster mode yet: device types and the built-in simulator change state every "
-    "process holds; run them on `fleetstream up` (embedded mode), or `fleetstream simulate` against "
-    "the gateway"
+    "the built-in simulator does not run in `fleetstream api`: it runs in `fleetstream up` (also with "
+    "--bus kafka://... --store postgresql://...); to load a cluster, run `fleetstream simulate --target "
+    "http://GATEWAY_HOST:PORT --devices N` against a gateway"
 )
 
 
@@ -76,6 +80,8 @@ class ApiRuntime(Runtime):
         if isinstance(self.bus, KafkaBus):
             self.relay = LiveRelay(self.bus, self.engine)
             await self.relay.start()
+        for extra in self.extras:  # the built-in simulator of `up` (publishing through the gateway)
+            await extra.start()
         # readiness looks at the engine's task: here it only says the api is up
         self._idle = asyncio.create_task(_forever(), name="fleetstream-api")
         self.engine._task = self._idle
@@ -83,6 +89,11 @@ class ApiRuntime(Runtime):
 
     async def stop(self) -> None:
         self.started = False
+        for extra in reversed(self.extras):  # what they hold is published before the bus closes
+            try:
+                await extra.stop()
+            except Exception:
+                log.exception("stopping %r failed", extra)
         await self.engine.rules.stop()
         await self.device_types.stop()
         if self.relay is not None:
@@ -100,7 +111,7 @@ async def _forever() -> None:
 
 
 class SingleWriterOnly:
-    """ASGI middleware: 501 (with the reason) for the writes cluster mode does not carry yet."""
+    """ASGI middleware of ``fleetstream api``: 501 (with the reason) for the simulator's writes."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

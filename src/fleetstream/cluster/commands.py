@@ -199,6 +199,11 @@ async def serve_cluster(settings: Settings, *, with_worker: bool) -> int:
     setup_logging(settings.log_level)
     runtime = ApiRuntime(settings)
     node = Worker(settings) if with_worker else None
+    sim = settings.simulator
+    if node is not None and sim.enabled and (sim.devices > 0 or sim.real_host):
+        from fleetstream.simulator.embedded import add_simulator
+
+        add_simulator(runtime)  # sends through this process's gateway to Kafka, as HTTP ingest does
     try:
         await runtime.start()
         if node is not None:
@@ -208,7 +213,8 @@ async def serve_cluster(settings: Settings, *, with_worker: bool) -> int:
         await runtime.stop()
         return 2
     app_ = create_app(settings, runtime=runtime)
-    app_.add_middleware(SingleWriterOnly)
+    if node is None:  # a standalone api runs no simulator: its control writes say what to use
+        app_.add_middleware(SingleWriterOnly)
     config = uvicorn.Config(
         app_,
         host=settings.host,
@@ -239,11 +245,10 @@ async def serve_cluster(settings: Settings, *, with_worker: bool) -> int:
 
 
 def run_up_cluster(settings: Settings) -> int:
-    """``fleetstream up --bus kafka://... --store postgresql://...``: gateway, worker and api in one
-    process (one member of the worker group; start ``fleetstream worker`` processes to add more)."""
+    """``fleetstream up --bus kafka://... --store postgresql://...``: gateway, worker, api and the
+    built-in simulator in one process (one member of the worker group; start ``fleetstream worker``
+    processes to add more)."""
     from fleetstream.logs import setup_logging
 
     setup_logging(settings.log_level)
-    if settings.simulator.enabled and settings.simulator.devices > 0:
-        log.warning("the built-in simulator does not run in cluster mode: use `fleetstream simulate`")
     return asyncio.run(serve_cluster(settings, with_worker=True))

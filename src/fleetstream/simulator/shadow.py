@@ -29,7 +29,7 @@ from fleetstream.domain.shadow import REPORTED
 from fleetstream.errors import FleetstreamError
 
 if TYPE_CHECKING:
-    from fleetstream.domain.twin import DeviceEvent
+    from fleetstream.domain.twin import DeviceEvent, DeviceTwin
     from fleetstream.engine.pipeline import Engine
     from fleetstream.simulator.simulator import Simulator
 
@@ -83,10 +83,18 @@ class ShadowAgent:
         A restarted fleet sends at its own rate whatever its twins report, so each is applied
         again; reporting what is already reported records nothing.
         """
-        active = self.simulator.fleet.active
-        for twin in list(self.engine.processors.twins.twins()):
-            if twin.device_id in active and INTERVAL in twin.desired:
+        for twin in await self._twins(list(self.simulator.fleet.active)):
+            if INTERVAL in twin.desired:
                 await self._apply(twin.device_id, twin.desired)
+
+    async def _twins(self, device_ids: list[str]) -> list[DeviceTwin]:
+        """These devices' twins: the engine's, or the stored ones when it holds none of them (the
+        idle engine of a cluster's api, where workers store a twin before announcing its change)."""
+        held = self.engine.processors.twins
+        found = [twin for d in device_ids if (twin := held.get(d)) is not None]
+        if found or not device_ids:
+            return found
+        return await self.engine.store.load_twins(device_ids)
 
     async def _follow(self, sub: Any) -> None:
         missed = 0
@@ -100,8 +108,7 @@ class ShadowAgent:
                     await self._resync()
                 if INTERVAL not in event.payload["patch"]:
                     continue
-                twin = self.engine.processors.twins.get(event.device_id)
-                if twin is not None:
+                for twin in await self._twins([event.device_id]):
                     await self._apply(event.device_id, twin.desired)
         finally:
             sub.close()
