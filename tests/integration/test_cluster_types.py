@@ -17,7 +17,7 @@ from fleetstream.cluster.typestore import StoredTypes
 from fleetstream.ingest.typeregistry import IncompatibleType
 from fleetstream.ingest.usertypes import UserType
 
-from ..servers import Tansu
+from ..servers import Tansu, free_port
 from ._support import at, wait_for
 from .test_cluster import Proc, start_gateway
 
@@ -228,3 +228,14 @@ def test_a_type_registered_through_the_api_is_validated_by_a_separate_gateway(
     assert codes == [0, 0, 0], (gw.output(), api.output(), worker.output())
     assert seen_after_s < 3.0, seen_after_s
     print(f"a registered type is accepted by another gateway {seen_after_s:.2f} s after its 201")
+
+
+def test_a_gateway_whose_store_is_unreachable_says_so_and_exits_2(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    gw = Proc.run(
+        tmp_path, "gateway", "--bus", "kafka://127.0.0.1:9", "--store", f"postgresql://u@127.0.0.1:{port}/db"
+    )
+    assert gw.proc.wait(30) == 2
+    out = gw.output()
+    assert f"error: cannot open PostgreSQL store postgresql://u@127.0.0.1:{port}/db" in out
+    assert "Traceback" not in out

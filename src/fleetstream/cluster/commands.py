@@ -112,8 +112,13 @@ def gateway(
     except ConfigError as exc:
         raise _fail(exc.message) from None
 
-    async def serve() -> None:
-        await node.start()
+    async def serve() -> int:
+        try:
+            await node.start()
+        except FleetstreamError as exc:  # the store (for device types, dead letters) is unreachable
+            typer.secho(f"error: {exc.message}", err=True, fg=typer.colors.RED)
+            await node.stop()
+            return 2
         try:
             config = uvicorn.Config(
                 create_gateway_app(node),
@@ -128,8 +133,9 @@ def gateway(
             await _CleanExit(config).serve()
         finally:
             await node.stop()
+        return 0
 
-    asyncio.run(serve())
+    raise typer.Exit(asyncio.run(serve()))
 
 
 @app.command()
