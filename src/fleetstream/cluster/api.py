@@ -66,6 +66,7 @@ class ApiRuntime(Runtime):
         self.engine.sensors_seen = await self.store.sensors()
         await writes.create_table(self.engine.cluster_store)
         await self.engine.rules.start()
+        await self.engine.models.start()
         if isinstance(self.bus, KafkaBus):
             self.relay = LiveRelay(self.bus, self.engine)
             await self.relay.start()
@@ -77,6 +78,7 @@ class ApiRuntime(Runtime):
     async def stop(self) -> None:
         self.started = False
         await self.engine.rules.stop()
+        await self.engine.models.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self._idle is not None:
