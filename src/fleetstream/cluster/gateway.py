@@ -7,7 +7,8 @@ broker for its metadata, so a load balancer stops sending to a gateway whose bro
 
 With ``--mqtt`` or ``--kafka-source`` the gateway also takes device messages from those brokers,
 acknowledging (MQTT PUBACK, Kafka offset commit) only once the bus publish returned; what cannot be
-ingested is kept as a dead letter, in the ``--store`` the gateway then needs for that alone.
+ingested is kept as a dead letter, in the ``--store`` the gateway then needs for that alone. With
+``--mqtt`` it also runs the MQTT device shadow for the cluster (:mod:`.mqtt_shadow`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -31,6 +32,9 @@ from fleetstream.errors import ConfigError
 from fleetstream.ingest.gateway import Gateway
 from fleetstream.ingest.intake import Intake
 from fleetstream.ports import Bus, Source, Store
+
+if TYPE_CHECKING:
+    from fleetstream.cluster.mqtt_shadow import ClusterMqttShadow
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class GatewayNode:
         self.gateway = Gateway(self.bus, self.clock, settings.ingest)
         self.store: Store | None = None  # only for the dead letters of device-side sources
         self.sources: dict[str, Source] = {}
+        self.shadow: ClusterMqttShadow | None = None  # the MQTT device shadow, with --mqtt
         self.started = False
         if settings.mqtt or settings.kafka_source:
             self._add_sources(settings)
@@ -73,6 +78,7 @@ class GatewayNode:
             client_id = default_client_id(settings.port)
             mqtt = MqttSource(settings.mqtt, topic=settings.mqtt_topic, intake=intake, client_id=client_id)
             self.sources[mqtt.name] = mqtt
+            self._add_shadow(settings, f"{client_id}-shadow")
         if settings.kafka_source:
             from fleetstream.adapters.kafka_source import KafkaSource
 
@@ -80,6 +86,24 @@ class GatewayNode:
                 settings.kafka_source, intake=Intake(self.gateway, self.store, self.clock, "kafka")
             )
             self.sources[kafka.name] = kafka
+
+    def _add_shadow(self, settings: Settings, client_id: str) -> None:
+        from fleetstream.adapters.bus.kafka import KafkaBus
+        from fleetstream.adapters.store.postgres import PostgresStore
+
+        if not isinstance(self.bus, KafkaBus) or not isinstance(self.store, PostgresStore):
+            return  # the shadow needs the cluster's store and live topic
+        from fleetstream.cluster.mqtt_shadow import ClusterMqttShadow
+
+        assert settings.mqtt is not None
+        self.shadow = ClusterMqttShadow(
+            settings.mqtt,
+            self.store,
+            self.bus,
+            client_id,
+            clock=self.clock,
+            timeout_s=settings.ingest.ack_timeout_s,
+        )
 
     async def start(self) -> None:
         """Connect to the broker (a broker that is down only makes publishes fail until it is back),
@@ -89,12 +113,16 @@ class GatewayNode:
         await self.bus.start()
         for source in self.sources.values():
             await source.start()
+        if self.shadow is not None:
+            await self.shadow.start()
         self.started = True
 
     async def stop(self) -> None:
         """Stop the sources (what they hold is published first), then disconnect; publishes still
         waiting fail (their senders get a 503 and retry)."""
         self.started = False
+        if self.shadow is not None:
+            await self.shadow.stop()
         for source in self.sources.values():
             try:
                 await source.stop()
