@@ -80,7 +80,7 @@ def test_closed_windows_score_the_device_and_open_then_clear_the_alert_and_a_res
             assert engine.models.choice is not None
             assert engine.models.choice.round == 1
             await feed(h, "host-1", 0, 30, {**NORMAL, "temperature": 60.0})  # windows 0-10, 10-20 closed
-            risk = failure_risk(engine, "host-1")
+            risk = await failure_risk(engine, "host-1")
             assert risk == {
                 "score": round(sigmoid(-10.0), 4),
                 "model_round": 1,
@@ -88,7 +88,7 @@ def test_closed_windows_score_the_device_and_open_then_clear_the_alert_and_a_res
                 "at": us_to_iso((BASE_S + 20) * S),
             }
             await feed(h, "host-1", 30, 11, {**NORMAL, "temperature": 75.0})  # closes 20-30 and 30-40
-            assert failure_risk(engine, "host-1")["score"] == round(sigmoid(5.0), 4)  # type: ignore[index]
+            assert (await failure_risk(engine, "host-1"))["score"] == round(sigmoid(5.0), 4)  # type: ignore[index]
             await engine.flush()
             opened = f"failure_predicted:host-1:{(BASE_S + 40) * S}"
             assert list(h.store.alerts) == [opened]
@@ -103,7 +103,7 @@ def test_closed_windows_score_the_device_and_open_then_clear_the_alert_and_a_res
             stage = again.engine.processors.prediction
             assert stage.predictor is not None
             assert stage.predictor.active() == {"host-1": (BASE_S + 40) * S}
-            assert failure_risk(again.engine, "host-1")["score"] == round(sigmoid(5.0), 4)  # type: ignore[index]
+            assert (await failure_risk(again.engine, "host-1"))["score"] == round(sigmoid(5.0), 4)  # type: ignore[index]
             assert h.store.events == events_before
             # Back to normal: the risk falls below clear_at (0.5 x 0.6) and the alert clears.
             for s in range(41, 61):
@@ -160,7 +160,7 @@ def test_a_crash_replays_to_the_same_prediction_alerts_and_events(twins_stored_a
             assert again.engine.replayed > 0
             assert h.store.events == events
             assert {k: a.to_state() for k, a in h.store.alerts.items()} == alerts
-            assert failure_risk(again.engine, "host-1")["score"] == round(sigmoid(-8.5), 4)  # type: ignore[index]
+            assert (await failure_risk(again.engine, "host-1"))["score"] == round(sigmoid(-8.5), 4)  # type: ignore[index]
         finally:
             await again.stop()
 
@@ -174,12 +174,12 @@ def test_a_new_registry_round_is_used_without_a_restart() -> None:
         async with h:
             engine = h.runtime.engine
             await feed(h, "host-1", 0, 21, {**NORMAL, "temperature": 60.0})
-            assert failure_risk(engine, "host-1")["score"] == round(sigmoid(-10.0), 4)  # type: ignore[index]
+            assert (await failure_risk(engine, "host-1"))["score"] == round(sigmoid(-10.0), 4)  # type: ignore[index]
             assert not await engine.models.reload(force=True)  # nothing newer
             await h.store.save_model_round(temperature_model(2, 55.0))
             assert await engine.models.reload(force=True)
             await feed(h, "host-1", 21, 10, {**NORMAL, "temperature": 60.0})  # closes 20-30
-            risk = failure_risk(engine, "host-1")
+            risk = await failure_risk(engine, "host-1")
             assert risk is not None
             assert (risk["score"], risk["model_round"]) == (round(sigmoid(5.0), 4), 2)
             assert engine.models.status()["model"] == {"round": 2, "version": "test-r2"}
@@ -197,16 +197,16 @@ def test_the_shipped_model_scores_a_failing_host_above_its_threshold() -> None:
             engine = h.runtime.engine
             assert engine.models.status()["model"] == {"round": None, "version": shipped.version}
             await feed(h, "host-1", 0, 121, NORMAL)  # 12 normal windows: the baseline
-            calm = failure_risk(engine, "host-1")
+            calm = await failure_risk(engine, "host-1")
             assert calm is not None
             assert calm["score"] < 0.1
             await feed(h, "host-1", 121, 20, FAILING)
-            hot = failure_risk(engine, "host-1")
+            hot = await failure_risk(engine, "host-1")
             assert hot is not None
             assert hot["score"] >= shipped.threshold
             await engine.flush()
             assert [a.rule_id for a in h.store.alerts.values()] == ["failure_predicted"]
-            assert failure_risk(engine, "nobody") is None
+            assert await failure_risk(engine, "nobody") is None
 
     asyncio.run(scenario())
 
@@ -216,7 +216,7 @@ def test_the_predictor_can_be_turned_off() -> None:
         async with Harness(settings(enabled=False), start_us=(BASE_S + 200) * S) as h:
             engine = h.runtime.engine
             await feed(h, "host-1", 0, 21, FAILING)
-            assert failure_risk(engine, "host-1") is None
+            assert await failure_risk(engine, "host-1") is None
             assert engine.models.status()["enabled"] is False
             assert engine.processors.snapshot()  # a checkpoint without prediction state is fine
 

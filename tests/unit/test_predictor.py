@@ -200,6 +200,29 @@ def test_the_predictor_takes_window_aggregates_and_skips_fleet_windows() -> None
     assert "*" not in fp.extractor
 
 
+def test_the_predictor_scores_every_window_end_however_the_windows_are_batched() -> None:
+    """Three minutes closed in one call open and clear as three calls of one minute each do (the
+    embedded engine and a cluster worker cut the same stream into different batches)."""
+    means = {"a": [50.0, 50.0, 50.0, 60.0, 50.0, 50.0], "b": [50.0, 50.0, 50.0, 50.0, 61.0, 50.0]}
+
+    def windows(minutes: range) -> list[WindowAggregate]:
+        out = []
+        for m in minutes:
+            for device in ("b", "a"):  # not in time order within a call
+                w = WindowAggregate("t", device, MIN, m * MIN)
+                w.add(means[device][m], m * MIN + 1)
+                out.append(w)
+        return out
+
+    one_by_one, batched = _predictor(), _predictor()
+    singles = [t for m in range(6) for t in one_by_one.on_windows(windows(range(m, m + 1)))]
+    together = batched.on_windows(windows(range(3))) + batched.on_windows(windows(range(3, 6)))
+    expected = [("open", "a", 4), ("open", "b", 5), ("clear", "a", 5), ("clear", "b", 6)]
+    assert [(t.kind, t.device_id, t.ts // MIN) for t in singles] == expected
+    assert [(t.kind, t.device_id, t.ts // MIN) for t in together] == expected
+    assert batched.snapshot() == one_by_one.snapshot()
+
+
 def test_the_predictor_refuses_bad_thresholds_and_foreign_models() -> None:
     with pytest.raises(ValueError, match="clear_at < open_at"):
         _predictor(open_at=0.5, clear_at=0.5)

@@ -11,7 +11,10 @@
   message is logged and dropped, a retry would not help).
 
 It is a client of its own (``<client id>-shadow``, persistent session), so the
-telemetry subscription is untouched.
+telemetry subscription is untouched. :class:`ShadowBridge` is the MQTT side;
+:class:`MqttShadow` connects it to the embedded engine, and
+:class:`~fleetstream.cluster.mqtt_shadow.ClusterMqttShadow` to a cluster's store
+and workers.
 """
 
 from __future__ import annotations
@@ -60,12 +63,18 @@ def reporting_device(topic: str) -> str | None:
     return None
 
 
-class MqttShadow:
-    """Publishes desired documents and takes reported patches; see the module docstring."""
+class ShadowBridge:
+    """The MQTT client of the shadow: publishes desired documents, takes reported patches.
 
-    def __init__(self, url: str, engine: Engine, client_id: str) -> None:
+    Where the desired changes come from and where reports go is a subclass's: :meth:`_follow`
+    (start following the changes, calling :meth:`publish`), :meth:`_republish` (after every
+    connection: publish the current documents again) and :meth:`_report` (apply a report).
+    """
+
+    reported_filter = REPORTED_FILTER
+
+    def __init__(self, url: str, client_id: str) -> None:
         self.endpoint = parse_mqtt_url(url)
-        self.engine = engine
         self.client_id = client_id
         self.published_total = 0
         self.reported_total = 0
@@ -95,8 +104,7 @@ class MqttShadow:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         self._client = client
-        sub = self.engine.events.subscribe(lambda e: e.type == DESIRED_CHANGED)
-        self._task = asyncio.create_task(self._follow(sub), name="fleetstream-mqtt-desired")
+        await self._follow()
         self._worker = asyncio.create_task(self._take_reports(), name="fleetstream-mqtt-reported")
         client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
         client.loop_start()
@@ -109,6 +117,7 @@ class MqttShadow:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self._unfollow()
         client, self._client = self._client, None
         if client is not None:
             client.disconnect()
@@ -122,24 +131,28 @@ class MqttShadow:
         self._client.publish(desired_topic(twin.device_id), _encode(body), qos=1, retain=True)
         self.published_total += 1
 
-    # -- the event loop's side -----------------------------------------------------------------
+    # -- where changes come from and reports go (a subclass's) -----------------------------------
 
-    async def _follow(self, sub: Any) -> None:
-        try:
-            while True:
-                event: DeviceEvent | None = await sub.get()
-                if event is None:
-                    return
-                twin = self.engine.processors.twins.get(event.device_id)
-                if twin is not None and twin.desired_version == event.payload["version"]:
-                    self.publish(twin)  # else a newer change is queued behind this one
-        finally:
-            sub.close()
+    async def _follow(self) -> None:
+        """Start following desired changes (and set ``_task``, cancelled at stop)."""
+        raise NotImplementedError
+
+    async def _unfollow(self) -> None:
+        """Release what :meth:`_follow` holds beside ``_task``."""
 
     def _republish(self) -> None:
-        for twin in list(self.engine.processors.twins.twins()):
-            if twin.desired_version:
-                self.publish(twin)
+        """Publish the current desired documents again (on the event loop, after a connection)."""
+        raise NotImplementedError
+
+    async def _report(self, device: str, patch: Any) -> None:
+        """Apply a device's reported patch.
+
+        Raises:
+            FleetstreamError: It was refused (logged and dropped).
+        """
+        raise NotImplementedError
+
+    # -- the event loop's side -----------------------------------------------------------------
 
     async def _take_reports(self) -> None:
         while True:
@@ -149,7 +162,7 @@ class MqttShadow:
             connection, mid, device, payload = item
             try:
                 patch = _decode(payload)
-                await self.engine.update_shadow(device, REPORTED, patch)
+                await self._report(device, patch)
                 self.reported_total += 1
             except (msgspec.DecodeError, FleetstreamError) as exc:
                 self.refused_total += 1
@@ -172,7 +185,7 @@ class MqttShadow:
             return
         with self._lock:
             self._connection += 1
-        client.subscribe(REPORTED_FILTER, qos=1)
+        client.subscribe(self.reported_filter, qos=1)
         self._call(self._republish)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -187,3 +200,35 @@ class MqttShadow:
             return
         item = (self._connection, message.mid if message.qos else 0, device, bytes(message.payload))
         self._call(self._work.put_nowait, item)
+
+
+class MqttShadow(ShadowBridge):
+    """The shadow over MQTT of the embedded engine; see the module docstring."""
+
+    def __init__(self, url: str, engine: Engine, client_id: str) -> None:
+        super().__init__(url, client_id)
+        self.engine = engine
+
+    async def _follow(self) -> None:
+        sub = self.engine.events.subscribe(lambda e: e.type == DESIRED_CHANGED)
+        self._task = asyncio.create_task(self._forward(sub), name="fleetstream-mqtt-desired")
+
+    async def _forward(self, sub: Any) -> None:
+        try:
+            while True:
+                event: DeviceEvent | None = await sub.get()
+                if event is None:
+                    return
+                twin = self.engine.processors.twins.get(event.device_id)
+                if twin is not None and twin.desired_version == event.payload["version"]:
+                    self.publish(twin)  # else a newer change is queued behind this one
+        finally:
+            sub.close()
+
+    def _republish(self) -> None:
+        for twin in list(self.engine.processors.twins.twins()):
+            if twin.desired_version:
+                self.publish(twin)
+
+    async def _report(self, device: str, patch: Any) -> None:
+        await self.engine.update_shadow(device, REPORTED, patch)

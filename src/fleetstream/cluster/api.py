@@ -77,6 +77,7 @@ class ApiRuntime(Runtime):
         await writes.create_table(self.engine.cluster_store)
         await self.engine.rules.start()
         await self.device_types.start()
+        await self.engine.models.start()
         if isinstance(self.bus, KafkaBus):
             self.relay = LiveRelay(self.bus, self.engine)
             await self.relay.start()
@@ -96,6 +97,7 @@ class ApiRuntime(Runtime):
                 log.exception("stopping %r failed", extra)
         await self.engine.rules.stop()
         await self.device_types.stop()
+        await self.engine.models.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self._idle is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fleetstream.cluster import writes
+from fleetstream.cluster.risks import ClusterModelControl
 from fleetstream.cluster.writes import ACK, SHADOW, partition_of
 from fleetstream.domain.alerts import CLEARED, Alert
 from fleetstream.domain.events import DeviceEvent
@@ -135,6 +136,7 @@ class ApiEngine(Engine):
     """The api's idle engine: shadow updates and rule actions go to the workers."""
 
     rules: ClusterRuleControl
+    models: ClusterModelControl
 
     def __init__(
         self,
@@ -146,6 +148,7 @@ class ApiEngine(Engine):
         super().__init__(*args, **kwargs)
         self.cluster_store = cluster_store
         self.rules = ClusterRuleControl(self, cluster_store, command_timeout_s)
+        self.models = ClusterModelControl(self, self.models.settings, cluster_store)  # risks: .risks
 
     async def update_shadow(
         self, device_id: str, section: str, patch: object, if_match: int | tuple[int, int] | None = None

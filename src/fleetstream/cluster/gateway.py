@@ -9,7 +9,8 @@ With ``--mqtt`` or ``--kafka-source`` the gateway also takes device messages fro
 acknowledging (MQTT PUBACK, Kafka offset commit) only once the bus publish returned; what cannot be
 ingested is kept as a dead letter, in the ``--store`` the gateway then needs for that. With
 ``--store`` the gateway also validates the device types registered through any api instance
-(:mod:`.typestore`, re-read every second); without it only the built-in types are known.
+(:mod:`.typestore`, re-read every second); without it only the built-in types are known. With
+``--mqtt`` and ``--store`` it also runs the MQTT device shadow for the cluster (:mod:`.mqtt_shadow`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fleetstream.ports import Bus, Source, Store
 
 if TYPE_CHECKING:
     from fleetstream.adapters.store.postgres import PostgresStore
+    from fleetstream.cluster.mqtt_shadow import ClusterMqttShadow
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class GatewayNode:
         self.store: Store | None = None  # dead letters of device-side sources; device types
         self.sources: dict[str, Source] = {}
         self.device_types: StoredTypes | None = None
+        self.shadow: ClusterMqttShadow | None = None  # the MQTT device shadow, with --mqtt
         self.started = False
         if settings.mqtt or settings.kafka_source:
             self._add_sources(settings)
@@ -86,6 +89,7 @@ class GatewayNode:
             client_id = default_client_id(settings.port)
             mqtt = MqttSource(settings.mqtt, topic=settings.mqtt_topic, intake=intake, client_id=client_id)
             self.sources[mqtt.name] = mqtt
+            self._add_shadow(settings, f"{client_id}-shadow")
         if settings.kafka_source:
             from fleetstream.adapters.kafka_source import KafkaSource
 
@@ -93,6 +97,24 @@ class GatewayNode:
                 settings.kafka_source, intake=Intake(self.gateway, self.store, self.clock, "kafka")
             )
             self.sources[kafka.name] = kafka
+
+    def _add_shadow(self, settings: Settings, client_id: str) -> None:
+        from fleetstream.adapters.bus.kafka import KafkaBus
+        from fleetstream.adapters.store.postgres import PostgresStore
+
+        if not isinstance(self.bus, KafkaBus) or not isinstance(self.store, PostgresStore):
+            return  # the shadow needs the cluster's store and live topic
+        from fleetstream.cluster.mqtt_shadow import ClusterMqttShadow
+
+        assert settings.mqtt is not None
+        self.shadow = ClusterMqttShadow(
+            settings.mqtt,
+            self.store,
+            self.bus,
+            client_id,
+            clock=self.clock,
+            timeout_s=settings.ingest.ack_timeout_s,
+        )
 
     async def start(self) -> None:
         """Connect to the broker (a broker that is down only makes publishes fail until it is back),
@@ -106,12 +128,16 @@ class GatewayNode:
         await self.bus.start()
         for source in self.sources.values():
             await source.start()
+        if self.shadow is not None:
+            await self.shadow.start()
         self.started = True
 
     async def stop(self) -> None:
         """Stop the sources (what they hold is published first), then disconnect; publishes still
         waiting fail (their senders get a 503 and retry)."""
         self.started = False
+        if self.shadow is not None:
+            await self.shadow.stop()
         for source in self.sources.values():
             try:
                 await source.stop()

@@ -16,6 +16,8 @@ from its checkpoint (see :mod:`.partitions`). Every second each partition's wall
 
 Rule and zone changes, the alerts' announcements and webhooks, and the acknowledgements and
 shadow updates the api sends for this worker's devices are handled in :mod:`.worker_rules`.
+The failure predictor's model (the registry's newest round, reloaded) is in :mod:`.worker_models`;
+each batch's re-scored risks are stored in its transaction (:mod:`.risks`).
 
 Fleet-wide windows (device ``*``) of a partition are partial aggregates: they are stored under
 the partition's own key and merged on read (:mod:`.fleet`).
@@ -39,6 +41,8 @@ from fleetstream.cluster.adapters import kafka_bus, postgres_store
 from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
+from fleetstream.cluster.risks import write_risks
+from fleetstream.cluster.worker_models import WorkerModels
 from fleetstream.cluster.worker_rules import WorkerRules
 from fleetstream.config import Settings
 from fleetstream.domain.batch import Batch
@@ -87,6 +91,7 @@ class Worker:
         self.partitions: dict[int, _Partition] = {}
         self.live = LivePublisher(self.bus, self.worker_id)
         self.writes = WorkerRules(self)  # rules, alerts, acknowledgements and shadow updates
+        self.models = WorkerModels(self.store, settings.predictor, self.stream)  # failure prediction
         self.batches_total = 0
         self.readings_total = 0
         self.skipped_total = 0
@@ -99,6 +104,7 @@ class Worker:
         """Open the store and the bus, read the rules, join the consumer group."""
         await self.store.start()
         await self.checkpoints.start()
+        await self.models.start()
         await self.bus.start()
         await self.live.start()
         await self.writes.start()
@@ -159,6 +165,7 @@ class Worker:
     async def _restore(self, number: int) -> _Partition:
         processors = StreamProcessors(self.stream)
         self.writes.configure(processors)
+        self.models.configure(processors)
         saved = await self.checkpoints.load(number)
         if saved is None:
             return _Partition(number, processors, 0)
@@ -250,13 +257,21 @@ class Worker:
         """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions
         (and what ``then`` writes on the transaction's connection)."""
         checkpoints = []
+        scored = []
         for number, end in ends.items():
             part = self.partitions[number]
             derived.twins += part.processors.take_dirty()
             part.processors.twins.take_registered()
+            scored += self.models.take(part.processors)
             end = max(end, part.next_offset)
             checkpoints.append(PartitionCheckpoint(number, end, part.processors.snapshot()))
-        await self.checkpoints.commit(batches, derived, checkpoints, self.clock.now_us(), then)
+
+        async def also(con: Connection) -> None:
+            await write_risks(con, scored)  # the risks the twins show (docs/prediction.md)
+            if then is not None:
+                await then(con)
+
+        await self.checkpoints.commit(batches, derived, checkpoints, self.clock.now_us(), also)
         for cp in checkpoints:
             self.partitions[cp.partition].next_offset = cp.next_offset
 
@@ -277,6 +292,7 @@ class Worker:
         """Let the wall clock act on every partition (idle windows close, silent devices change
         status) and store what that emitted with the partitions' checkpoints."""
         async with self._lock:
+            await self.models.reload(part.processors for part in self.partitions.values())
             now = self.clock.now_us()
             derived = Derived()
             touched: dict[int, int] = {}

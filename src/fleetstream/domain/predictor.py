@@ -116,17 +116,27 @@ class FailurePredictor:
         return self._evaluate(device_id, end_us) if any(used) else []
 
     def on_windows(self, windows: Iterable[WindowAggregate]) -> list[RuleTransition]:
-        """Fold in closed windows (fleet-wide ones are skipped), then re-score each device once."""
-        touched: dict[str, int] = {}
+        """Fold in closed windows (fleet-wide ones are skipped), then score each device once per
+        window end, oldest end first.
+
+        Scoring per end rather than once per call keeps the alerts independent of how the stream
+        was cut into batches: a batch that closes three minutes of a device scores all three, as
+        three batches of one minute each would (the embedded engine and a cluster worker see the
+        same windows in different batches, and must open the same alerts).
+        """
+        by_end: dict[int, list[WindowAggregate]] = {}
         for w in windows:
-            mean = w.mean
-            if w.device_id == ALL_DEVICES or mean is None:
-                continue
-            if self.extractor.on_window(w.device_id, w.sensor, w.end, mean, w.stddev):
-                touched[w.device_id] = max(w.end, touched.get(w.device_id, w.end))
+            if w.device_id != ALL_DEVICES and w.mean is not None:
+                by_end.setdefault(w.end, []).append(w)
         out: list[RuleTransition] = []
-        for device_id, end_us in touched.items():
-            out.extend(self._evaluate(device_id, end_us))
+        for end_us in sorted(by_end):
+            touched: dict[str, None] = {}  # in order of arrival
+            for w in by_end[end_us]:
+                assert w.mean is not None
+                if self.extractor.on_window(w.device_id, w.sensor, end_us, w.mean, w.stddev):
+                    touched[w.device_id] = None
+            for device_id in touched:
+                out.extend(self._evaluate(device_id, end_us))
         return out
 
     def score(self, device_id: str) -> float:

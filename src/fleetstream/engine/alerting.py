@@ -110,13 +110,15 @@ class RuleStage:
     ) -> list[DeviceEvent]:
         """Open and clear ``failure_predicted`` alerts (the predictor's transitions) like a rule's.
 
-        In a replay, a twin stored after this point of the log already has these events.
+        In a replay, a twin stored after this point of the log already has these events (at its
+        position too: twins are stored after a whole batch, so one stored at the batch's last
+        position has what the batch's windows made).
         """
         if self.replaying:
             ahead = ahead | {
                 t.device_id
                 for t in transitions
-                if (twin := twins.get(t.device_id)) is not None and twin.position > position
+                if (twin := twins.get(t.device_id)) is not None and twin.position >= position
             }
         return self._emit(RuleOutput(transitions=transitions), twins, position, ahead)
 

@@ -32,6 +32,7 @@ from fleetstream.errors import Conflict, FleetstreamError
 if TYPE_CHECKING:
     from fleetstream.engine.pipeline import Engine
     from fleetstream.engine.processors import StreamProcessors
+    from fleetstream.ports import Store
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,29 @@ class ModelControl:
         return True
 
     async def _newest(self) -> ModelChoice | None:
-        rounds = await self.engine.store.list_model_rounds()
-        for r in reversed(rounds):
-            try:
-                return _choice(r)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("model round %d is skipped: %s", r.round, exc)
-        return None
+        return await newest_choice(self.engine.store)
+
+    async def risk(self, device_id: str) -> dict[str, Any] | None:
+        """The device's current failure risk as its twin shows it (None: not scored)."""
+        return risk_json(self.engine.processors.prediction.risk(device_id))
+
+    async def scores(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` highest risks: device_id, score, alert (an open alert), at; highest first."""
+        stage = self.engine.processors.prediction
+        active = stage.predictor.active() if stage.predictor is not None else {}
+        ranked = sorted(stage.scores().items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        rows = []
+        for device_id, _ in ranked:
+            risk = risk_json(stage.risk(device_id)) or {}
+            rows.append(
+                {
+                    "device_id": device_id,
+                    "score": risk.get("score"),
+                    "alert": device_id in active,
+                    "at": risk.get("at"),
+                }
+            )
+        return rows
 
     def status(self) -> dict[str, Any]:
         """The predictor's model and the last training job, for the API."""
@@ -144,7 +161,7 @@ class ModelControl:
         from fleetstream.predictor_training import train_from_store  # numpy-heavy: only when used
 
         try:
-            await self.engine.flush()  # the newest windows are stored before they are read
+            await self._before_training()
             rounds = await train_from_store(self.engine.store, truth, size_us=self.size_us, **job.options)
             job.rounds = [r.round for r in rounds]
             job.state = "done"
@@ -157,11 +174,34 @@ class ModelControl:
         finally:
             job.finished_at = time.time()
 
+    async def _before_training(self) -> None:
+        await self.engine.flush()  # the newest windows are stored before they are read
+
     async def stop(self) -> None:
         """Cancel a training run in progress (at shutdown)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def newest_choice(store: Store) -> ModelChoice | None:
+    """The newest usable round of the store's model registry (None: none is)."""
+    rounds = await store.list_model_rounds()
+    for r in reversed(rounds):
+        try:
+            return _choice(r)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("model round %d is skipped: %s", r.round, exc)
+    return None
+
+
+def risk_json(risk: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A :meth:`PredictionStage.risk` as the API shows it (``at_us`` as ISO 8601 ``at``)."""
+    if risk is None:
+        return None
+    body = dict(risk)
+    at = body.pop("at_us")
+    return {**body, "at": us_to_iso(at)}
 
 
 def _choice(r: ModelRound) -> ModelChoice:

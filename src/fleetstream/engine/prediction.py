@@ -74,6 +74,7 @@ class PredictionStage:
         self.predictor: FailurePredictor | None = None  # None: prediction is off
         self.choice: ModelChoice | None = None
         self._scored: dict[str, tuple[int, int | None, str]] = {}  # device → (at, round, version)
+        self._changed: set[str] = set()  # scored since take_changed (not state: re-made by a replay)
 
     @property
     def enabled(self) -> bool:
@@ -120,7 +121,17 @@ class PredictionStage:
             if w.device_id in self.predictor.extractor and self.predictor.extractor.ready(w.device_id):
                 at = max(w.end, self._scored.get(w.device_id, (0, None, ""))[0])
                 self._scored[w.device_id] = (at, *stamp)
+                self._changed.add(w.device_id)
         return out
+
+    def take_changed(self) -> list[str]:
+        """Devices scored since the last call, sorted (a cluster worker stores their risk)."""
+        changed, self._changed = sorted(self._changed), set()
+        return changed
+
+    def open_alerts(self) -> dict[str, int]:
+        """Devices with an open ``failure_predicted`` alert → when it opened (µs)."""
+        return {} if self.predictor is None else self.predictor.active()
 
     def risk(self, device_id: str) -> dict[str, Any] | None:
         """The device's current risk for its twin: score, model round and version, window end (µs)."""
@@ -140,6 +151,7 @@ class PredictionStage:
     def forget(self, device_id: str) -> None:
         """Drop a device (left the fleet)."""
         self._scored.pop(device_id, None)
+        self._changed.discard(device_id)
         if self.predictor is not None:
             self.predictor.forget(device_id)
 

@@ -157,7 +157,8 @@ async def get_device(
     etag = f'"{twin.version}-{twin.readings}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    body = {**twin_json(twin), "failure_risk": failure_risk(engine, device_id)}  # not an event: no version
+    risk = await failure_risk(engine, device_id)  # not an event: no version
+    body = {**twin_json(twin), "failure_risk": risk}
     return Response(_encode(body), media_type="application/json", headers={"ETag": etag})
 
 

@@ -46,13 +46,9 @@ class TrainRequest(BaseModel):
     )
 
 
-def failure_risk(engine: Engine, device_id: str) -> dict[str, Any] | None:
+async def failure_risk(engine: Engine, device_id: str) -> dict[str, Any] | None:
     """The device's current failure risk as its twin shows it (None: not scored)."""
-    risk = engine.processors.prediction.risk(device_id)
-    if risk is None:
-        return None
-    at = risk.pop("at_us")
-    return {**risk, "at": us_to_iso(at)}
+    return await engine.models.risk(device_id)
 
 
 def _simulator_truth(runtime: Any) -> dict[str, list[Outage]] | None:
@@ -110,20 +106,7 @@ async def scores(
 ) -> Response:
     """`{"model", "threshold", "devices": [{"device_id", "score", "alert", "at"}]}`: `alert` is
     true while the device has an open `failure_predicted` alert."""
-    stage = engine.processors.prediction
-    active = stage.predictor.active() if stage.predictor is not None else {}
-    ranked = sorted(stage.scores().items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    rows = []
-    for device_id, _ in ranked:
-        risk = failure_risk(engine, device_id) or {}
-        rows.append(
-            {
-                "device_id": device_id,
-                "score": risk.get("score"),
-                "alert": device_id in active,
-                "at": risk.get("at"),
-            }
-        )
+    rows = await engine.models.scores(limit)
     status = engine.models.status()
     body = {"model": status["model"], "threshold": status["threshold"], "devices": rows}
     return Response(msgspec.json.encode(body), media_type="application/json")
