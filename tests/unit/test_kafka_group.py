@@ -24,13 +24,20 @@ from ..integration._kafka_proxy import INVALID_SESSION_TIMEOUT, join_session_tim
 
 
 def test_the_defaults_are_3000_ms_sessions_and_500_ms_heartbeats_with_range_assignment() -> None:
-    config = group_config("workers")
+    config = group_config("workers", GroupTimeouts())
     assert config["group.id"] == "workers"
     assert config["session.timeout.ms"] == 3000
     assert config["heartbeat.interval.ms"] == 500
     assert config["partition.assignment.strategy"] == "range"
     assert config["enable.auto.commit"] is False
     assert "group.instance.id" not in config  # no static membership
+
+
+def test_without_timeouts_a_consumer_gets_what_every_broker_accepts() -> None:
+    # the api's live relay: a group of its own, no fallback, so never refused
+    config = group_config("fleetstream-api-1")
+    assert (config["session.timeout.ms"], config["heartbeat.interval.ms"]) == (6000, 1000)
+    assert config["partition.assignment.strategy"] == "range"
 
 
 def test_given_timeouts_reach_librdkafka() -> None:

@@ -66,9 +66,17 @@ class GroupTimeouts:
             raise ValueError(msg)
 
 
-def group_config(group: str, timeouts: GroupTimeouts | None = None) -> dict[str, Any]:
-    """librdkafka settings of a member of ``group`` (see the module docstring for why)."""
-    timeouts = timeouts or GroupTimeouts()
+ACCEPTED_EVERYWHERE = GroupTimeouts(KAFKA_MIN_SESSION_TIMEOUT_MS, 1000)
+"""Timeouts every broker accepts by default: for consumers that do not fall back on a refusal
+(the api's live relay, a group of one, where no partitions ever move to a survivor)."""
+
+
+def group_config(group: str, timeouts: GroupTimeouts = ACCEPTED_EVERYWHERE) -> dict[str, Any]:
+    """librdkafka settings of a member of ``group`` (see the module docstring for why).
+
+    The bus's subscriptions pass their :class:`GroupTimeouts` (they fall back when refused);
+    without them, :data:`ACCEPTED_EVERYWHERE`.
+    """
     return {
         "group.id": group,
         "enable.auto.commit": False,
