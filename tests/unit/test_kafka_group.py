@@ -135,3 +135,14 @@ def test_the_proxys_refusal_is_a_join_group_response_with_error_26() -> None:
     correlation, throttle, error, generation = struct.unpack_from(">iihi", frame, 0)
     assert (correlation, throttle, error, generation) == (42, 0, INVALID_SESSION_TIMEOUT, -1)
     assert frame[14:] == b"\x00\x00" * 3 + b"\x00\x00\x00\x00"  # empty names, no members
+
+
+@pytest.mark.parametrize("command", ["worker", "gateway", "api"])
+def test_cluster_commands_print_their_help(command: str) -> None:
+    # the bus option's help once held [/topic], which rich took for markup and crashed on
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "kafka://host:port (optionally /topic and ?partitions=N)" in result.output
+    if command == "worker":
+        assert "FLEETSTREAM_KAFKA_GROUP__SESSION_TIMEOUT_MS" in result.output
+        assert "--heartbeat-interval-ms" in result.output

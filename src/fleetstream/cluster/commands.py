@@ -19,7 +19,10 @@ log = logging.getLogger("fleetstream")
 
 BusOption = Annotated[
     str,
-    typer.Option(envvar="FLEETSTREAM_BUS", help="the Kafka bus, kafka://host:port[/topic][?partitions=N]"),
+    typer.Option(
+        envvar="FLEETSTREAM_BUS",
+        help="the Kafka bus, kafka://host:port (optionally /topic and ?partitions=N)",
+    ),
 ]
 StoreOption = Annotated[
     str, typer.Option(envvar="FLEETSTREAM_STORE", help="the PostgreSQL store, postgresql://user@host/db")
@@ -138,8 +141,8 @@ def worker(
         int | None,
         typer.Option(
             envvar="FLEETSTREAM_KAFKA_GROUP__SESSION_TIMEOUT_MS",
-            help="a worker silent this long loses its partitions [default: 3000; 6000 where the "
-            "broker refuses less]",
+            help="a worker silent this long loses its partitions (default 3000; 6000 where the "
+            "broker refuses less)",
             show_default=False,
         ),
     ] = None,
@@ -147,7 +150,7 @@ def worker(
         int | None,
         typer.Option(
             envvar="FLEETSTREAM_KAFKA_GROUP__HEARTBEAT_INTERVAL_MS",
-            help="how often a worker heartbeats [default: 500]",
+            help="how often a worker heartbeats (default 500)",
             show_default=False,
         ),
     ] = None,
