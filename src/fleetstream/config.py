@@ -146,6 +146,15 @@ class PredictorSettings(_Group):
     )
 
 
+class KafkaGroupSettings(_Group):
+    """Consumer-group timeouts of the Kafka bus (docs/kafka.md#group-settings-and-why)."""
+
+    session_timeout_ms: int = Field(
+        3000, ge=1000, le=1_800_000, description="a member silent this long loses its partitions"
+    )
+    heartbeat_interval_ms: int = Field(500, ge=100, le=600_000, description="below the session timeout")
+
+
 class Settings(BaseSettings):
     """All of fleetstream's settings."""
 
@@ -169,6 +178,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     ingest: IngestSettings = IngestSettings()
     engine: EngineSettings = EngineSettings()
+    kafka_group: KafkaGroupSettings = KafkaGroupSettings()
     stream: StreamSettings = StreamSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     predictor: PredictorSettings = PredictorSettings()
@@ -214,6 +224,13 @@ def load_settings(**overrides: Any) -> Settings:
     if settings.kafka_source:
         parse_kafka_url(settings.kafka_source)
     _check_stream(settings.stream)
+    group = settings.kafka_group
+    if group.heartbeat_interval_ms >= group.session_timeout_ms:
+        msg = (
+            f"kafka_group.heartbeat_interval_ms ({group.heartbeat_interval_ms}) must be below "
+            f"kafka_group.session_timeout_ms ({group.session_timeout_ms})"
+        )
+        raise ConfigError(msg)
     if settings.ingest.queue_max_records < settings.ingest.max_batch_items:
         msg = (
             f"ingest.queue_max_records ({settings.ingest.queue_max_records}) must be at least "

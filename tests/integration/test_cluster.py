@@ -417,7 +417,8 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
     assert codes[0] == 0, gw.output()
     assert codes[1] == 0, api.output()
     assert codes[3] == 0, workers[1].output()  # the survivor leaves the group cleanly
-    assert takeover_s < 12, takeover_s
+    # 3000/500 ms group timeouts (adapters/bus/kafka_group.py): measured 4.9-5.7 s on Tansu, restore included
+    assert takeover_s < 7, takeover_s
     print(f"takeover after SIGKILL: {takeover_s:.1f} s")
 
     sent = {

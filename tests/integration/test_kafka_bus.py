@@ -1,6 +1,6 @@
 """The Kafka bus across failures: a broker restart (publishes fail with BusUnavailable while it is
 down, succeed again once it is back, and every acknowledged record reaches the consumer group) and a
-consumer group member killed (its partitions move to the survivor within 10 s); and `fleetstream up`
+consumer group member killed (its partitions move to the survivor within 7 s); and `fleetstream up`
 with its bus on Kafka.
 
 Tansu keeps its log in memory, so a restart empties it: what was acknowledged before the stop is
@@ -130,7 +130,7 @@ asyncio.run(main())
 """
 
 
-def test_a_killed_members_partitions_move_to_the_survivor_within_10_s(
+def test_a_killed_members_partitions_move_to_the_survivor_within_7_s(
     module_tansu: Tansu, tmp_path: Path
 ) -> None:
     topic, group = f"kill-{uuid.uuid4().hex[:8]}", "workers"
@@ -167,7 +167,10 @@ def test_a_killed_members_partitions_move_to_the_survivor_within_10_s(
     finally:
         member.kill()
         member.wait(10)
-    assert moved_after < 10, out.read_text()
+    # 3000 ms session timeout, 500 ms heartbeats (kafka_group.py): the survivor hears of the dead
+    # member 2.5-3.5 s after the kill, then Tansu holds its rejoin 2 s; measured 4.8-5.7 s
+    assert moved_after < 7, out.read_text()
+    print(f"partitions moved after SIGKILL: {moved_after:.1f} s")
 
 
 def test_the_embedded_pipeline_runs_on_the_kafka_bus(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fleetstream.adapters import BUSES, STORES, by_url
 from fleetstream.adapters.bus.kafka import KafkaBus
+from fleetstream.adapters.bus.kafka_group import GroupTimeouts
 from fleetstream.adapters.store.postgres import PostgresStore
 from fleetstream.config import Settings
 from fleetstream.errors import ConfigError
@@ -15,10 +18,13 @@ def kafka_bus(settings: Settings) -> KafkaBus:
     Raises:
         ConfigError: they name another bus.
     """
-    bus = by_url(BUSES, settings.bus, "bus", ack_timeout_s=settings.ingest.ack_timeout_s)
-    if not isinstance(bus, KafkaBus):
+    if urlsplit(settings.bus).scheme != "kafka":
         msg = f"a worker consumes a Kafka bus: --bus kafka://host:port, not {settings.bus!r}"
         raise ConfigError(msg)
+    timeouts = settings.kafka_group
+    group = GroupTimeouts(timeouts.session_timeout_ms, timeouts.heartbeat_interval_ms)
+    bus = by_url(BUSES, settings.bus, "bus", ack_timeout_s=settings.ingest.ack_timeout_s, group=group)
+    assert isinstance(bus, KafkaBus)
     return bus
 
 

@@ -19,7 +19,10 @@ log = logging.getLogger("fleetstream")
 
 BusOption = Annotated[
     str,
-    typer.Option(envvar="FLEETSTREAM_BUS", help="the Kafka bus, kafka://host:port[/topic][?partitions=N]"),
+    typer.Option(
+        envvar="FLEETSTREAM_BUS",
+        help="the Kafka bus, kafka://host:port (optionally /topic and ?partitions=N)",
+    ),
 ]
 StoreOption = Annotated[
     str, typer.Option(envvar="FLEETSTREAM_STORE", help="the PostgreSQL store, postgresql://user@host/db")
@@ -143,13 +146,32 @@ def worker(
     bus: BusOption,
     store: StoreOption,
     log_level: LogLevelOption = "info",
+    session_timeout_ms: Annotated[
+        int | None,
+        typer.Option(
+            envvar="FLEETSTREAM_KAFKA_GROUP__SESSION_TIMEOUT_MS",
+            help="a worker silent this long loses its partitions (default 3000; 6000 where the "
+            "broker refuses less)",
+            show_default=False,
+        ),
+    ] = None,
+    heartbeat_interval_ms: Annotated[
+        int | None,
+        typer.Option(
+            envvar="FLEETSTREAM_KAFKA_GROUP__HEARTBEAT_INTERVAL_MS",
+            help="how often a worker heartbeats (default 500)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Cluster mode: one member of the consumer group fleetstream-workers (dedup, windows, twins,
     rules, persist to PostgreSQL). Start more to share the partitions; SIGTERM leaves the group cleanly."""
     from fleetstream.cluster.worker import Worker
     from fleetstream.logs import setup_logging
 
-    settings = _settings(bus=bus, store=store, log_level=log_level)
+    timeouts = {"session_timeout_ms": session_timeout_ms, "heartbeat_interval_ms": heartbeat_interval_ms}
+    group = {k: v for k, v in timeouts.items() if v is not None} or None
+    settings = _settings(bus=bus, store=store, log_level=log_level, kafka_group=group)
     _check_store(settings)
     setup_logging(settings.log_level)
 

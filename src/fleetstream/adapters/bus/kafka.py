@@ -36,7 +36,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from fleetstream.adapters.bus.codec import split_by_partition
-from fleetstream.adapters.bus.kafka_subscription import KafkaBatch, Subscription, group_config
+from fleetstream.adapters.bus.kafka_group import GroupTimeouts, group_config
+from fleetstream.adapters.bus.kafka_subscription import KafkaBatch, Subscription
 from fleetstream.domain.batch import Batch
 from fleetstream.errors import BusUnavailable, ConfigError, Overloaded
 from fleetstream.ingest.kafka import KafkaEndpoint, parse_kafka_url
@@ -107,6 +108,8 @@ class KafkaBus:
             runtime passes its ingest queue bound; each message holds one or more records).
         ack_timeout_s: the runtime's longest wait for durability; the delivery timeout is the
             smaller of the two.
+        group: session timeout and heartbeat of its consumers (:mod:`.kafka_group`: 3000 and
+            500 ms by default, 6000 ms where the broker refuses less).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class KafkaBus:
         fail_backoff_s: float = 0.5,
         max_pending: int | None = None,
         ack_timeout_s: float | None = None,
+        group: GroupTimeouts | None = None,
     ) -> None:
         self.endpoint, from_url = parse_bus_url(url)
         self.url = url
@@ -129,6 +133,7 @@ class KafkaBus:
         self.max_pending = max_pending
         self.fail_backoff_s = fail_backoff_s
         self.extra_config = dict(config or {})
+        self.group = group or GroupTimeouts()
         self.config: dict[str, Any] = {
             "bootstrap.servers": self.endpoint.bootstrap,
             "logger": log,
@@ -344,6 +349,6 @@ class KafkaBus:
 
         ``on_assign``/``on_revoke`` run on the event loop while the rebalance waits for them.
         """
-        config = {**self.config, **group_config(group), **self.extra_config}
+        config = {**self.config, **group_config(group, self.group), **self.extra_config}
         sub = Subscription(self, self.topic_name(topic), config, max_records, on_assign, on_revoke)
         return sub.batches()

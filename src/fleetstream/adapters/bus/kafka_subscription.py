@@ -8,18 +8,10 @@ group. :meth:`KafkaBatch.fail` commits nothing and rewinds the batch's
 partitions, so its records come again (after ``fail_backoff_s``); until they
 are committed, no later commit moves those partitions past them.
 
-Group settings (see docs/kafka.md): a member that dies stops heartbeating and
-the broker gives its partitions to the survivors once ``session.timeout.ms``
-has passed: 6 s, the smallest Apache Kafka accepts by default
-(``group.min.session.timeout.ms``); heartbeats every second let a survivor hear
-of the rebalance soon after. Tansu then holds the join for half a session
-timeout, so a dead member's partitions move in about 9 s there (the
-integration test asserts under 10). Assignment is ``range`` (eager): on Tansu
-0.6, ``cooperative-sticky`` left partitions given up by one member unassigned
-to the newcomer, while ``range`` is supported by every broker and client. No
-static membership (``group.instance.id``) by default: with it the broker keeps
-a member's partitions for a whole session timeout even after a clean close,
-where without it a member closing cleanly leaves the group at once.
+Group settings are :mod:`.kafka_group`'s (why, and the measured takeover of a dead member's
+partitions). A broker that refuses the session timeout (Apache Kafka and Redpanda below their
+``group.min.session.timeout.ms``) answers every JoinGroup with ``INVALID_SESSION_TIMEOUT``: the
+consumer is then replaced by one with the next fallback timeout, with a warning in the log.
 
 librdkafka's consumer blocks: ``consume`` runs in a worker thread and decodes
 there; rebalance callbacks fire inside it and wait while the hooks run on the
@@ -42,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from fleetstream.adapters.bus.codec import Pack, UndecodableMessage, join_packs, read_pack
+from fleetstream.adapters.bus.kafka_group import fallback_session_timeout
+from fleetstream.adapters.bus.kafka_group import group_config as group_config  # its old home
 from fleetstream.domain.batch import Batch
 from fleetstream.ports import PartitionsHook
 
@@ -52,24 +46,6 @@ log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT_S = 0.2  # how often the consume thread looks whether the bus closed
 _HOOK_TIMEOUT_S = 60.0  # a rebalance hook that takes longer is given up on (it keeps running)
-
-
-def group_config(group: str) -> dict[str, Any]:
-    """librdkafka settings of a member of ``group`` (see the module docstring for why)."""
-    return {
-        "group.id": group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 1000,
-        "partition.assignment.strategy": "range",
-        # a topic created after the subscription (by the first publish) is seen within seconds
-        "topic.metadata.refresh.interval.ms": 5000,
-        # a fetch finding nothing new waits this long on the broker; Tansu waits it out even when
-        # records arrive meanwhile, so the default 500 ms would cap a caught-up consumer's rate
-        "fetch.wait.max.ms": 20,
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +129,7 @@ class Subscription:
         self._committing = asyncio.Lock()
         self._in_client = threading.Lock()  # consume and close never run at once
         self._consumer: Consumer | None = None
+        self._refused: int | None = None  # a session timeout the broker refused, not acted on yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prefetch: asyncio.Future[list[_Record]] | None = None  # the fetch running ahead
         # messages per fetch: a message holds a partition's share of a publish (often hundreds of
@@ -163,12 +140,11 @@ class Subscription:
         self._loop = asyncio.get_running_loop()
         while not await self._ready():
             await asyncio.sleep(1.0)
-        consumer = Consumer(self.config)
-        self._consumer = consumer
-        consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
-        log.info("Kafka bus: consuming %r in group %r", self.topic, self.config["group.id"])
+        consumer = self._open()
         try:
             while not self.bus.closing:
+                if self._refused is not None:
+                    consumer = await self._fall_back(consumer, self._refused)
                 if not self._buffer:
                     self._keep(await self._prefetched(consumer))
                     continue
@@ -187,6 +163,45 @@ class Subscription:
             self._consumer = None
             # leaves the group now: the other members get its partitions without a timeout
             await asyncio.to_thread(self._close, consumer)
+
+    def _open(self) -> Consumer:
+        consumer = Consumer(self.config)
+        self._consumer = consumer
+        consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        log.info(
+            "Kafka bus: consuming %r in group %r (session timeout %d ms)",
+            self.topic,
+            self.config["group.id"],
+            self.config["session.timeout.ms"],
+        )
+        return consumer
+
+    async def _fall_back(self, consumer: Consumer, refused: int) -> Consumer:
+        """After the broker refused the session timeout: a new consumer with the next fallback.
+
+        The refused consumer never joined the group (every JoinGroup was refused), so it holds no
+        partitions and closing it hands nothing over.
+        """
+        self._refused = None
+        fallback = fallback_session_timeout(refused)
+        if fallback is None or refused != self.config["session.timeout.ms"]:
+            return consumer  # nothing longer to try (librdkafka keeps retrying), or already replaced
+        log.warning(
+            "Kafka bus: the broker refused session.timeout.ms=%d (below its "
+            "group.min.session.timeout.ms); joining group %r with %d ms instead, so a dead "
+            "member's partitions move after about %.0f s",
+            refused,
+            self.config["group.id"],
+            fallback,
+            fallback / 1000,
+        )
+        if self._prefetch is not None:
+            with contextlib.suppress(Exception):
+                await self._prefetch
+            self._prefetch = None
+        await asyncio.to_thread(self._close, consumer)
+        self.config = {**self.config, "session.timeout.ms": fallback}
+        return self._open()
 
     async def _prefetched(self, consumer: Consumer) -> list[_Record]:
         """The records of the fetch started ahead, or of a new one."""
@@ -260,6 +275,8 @@ class Subscription:
     def _record(self, message: Message) -> _Record | None:
         error = message.error()
         if error is not None:
+            if error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+                self._refused = int(self.config["session.timeout.ms"])
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("Kafka bus: %s", error.str())
             return None
