@@ -1,0 +1,264 @@
+"""The PostgreSQL store's per-minute rollups on a real server: metric answers from the rollup equal
+those computed here from the raw readings (count, min, max exactly; sum, mean, stddev up to
+summation order) and those of the same store answering from raw rows (``rollups=off``), with late
+readings landing in old minutes, two writers, partial minutes at both edges, ranges inside one
+minute, device filters and quantiles; databases from before the rollups get them built at start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import statistics
+from typing import Any
+
+import psycopg
+import pytest
+
+from fleetstream.adapters.store import postgres_rollups as rollups
+from fleetstream.adapters.store.postgres import PostgresStore
+from fleetstream.domain.batch import Batch
+from fleetstream.domain.records import DeviceMessage, Reading
+from fleetstream.errors import ConfigError
+from fleetstream.ports import MetricsQuery
+
+S = 1_000_000
+M = 60 * S
+T0 = 28_333_340 * M  # a minute's start (2023-11-14)
+STATS = ("count", "min", "max", "avg", "mean", "sum", "stddev")
+Row = tuple[str, int, str, float]  # device, ts, sensor, value
+
+
+def messages(rows: list[Row], seq: int) -> Batch:
+    msgs = [
+        DeviceMessage(d, ts, "telemetry", "Sensor", [Reading(d, ts, s, v, None, "Sensor")], None, ts, seq + i)
+        for i, (d, ts, s, v) in enumerate(rows)
+    ]
+    return Batch.from_messages(msgs)
+
+
+def load() -> list[list[Row]]:
+    """Batches over minutes 0..9 after T0, shuffled within each, then late readings for minutes 1
+    and 2, a minute where every value is the same, one with a single reading, and one before 1970."""
+    rng = random.Random(5)
+    rows = [
+        (f"d{rng.randrange(4)}", T0 + rng.randrange(10 * M), s, round(rng.uniform(-50, 150), 3))
+        for _ in range(1500)
+        for s in ("temp", "hum")
+    ]
+    rows.sort(key=lambda r: r[1])
+    batches = [rows[i : i + 400] for i in range(0, len(rows), 400)]
+    for b in batches:
+        rng.shuffle(b)
+    late = [(f"d{i % 4}", T0 + M + rng.randrange(2 * M), "temp", rng.uniform(-40, 140)) for i in range(50)]
+    same = [("d1", T0 + 11 * M + i * S, "flat", 21.7) for i in range(7)]
+    single = [("d2", T0 + 12 * M + 5 * S, "flat", -4.25)]
+    before_epoch = [("d3", -90 * S + i * S, "temp", 0.5 * i) for i in range(60)]
+    return [*batches, late, same, single, before_epoch]
+
+
+def expected(rows: list[Row], q: MetricsQuery) -> dict[str, dict[str, Any]]:
+    """The query's answer computed here from the raw readings."""
+    end = q.end + 1 if q.end_inclusive else q.end
+    by_sensor: dict[str, list[float]] = {s: [] for s in q.sensors}
+    for d, ts, s, v in rows:
+        wanted = (not q.sensors or s in q.sensors) and (not q.device_ids or d in q.device_ids)
+        if q.start <= ts < end and wanted:
+            by_sensor.setdefault(s, []).append(v)
+    out: dict[str, dict[str, Any]] = {}
+    for s, vs in sorted(by_sensor.items()):
+        mean = math.fsum(vs) / len(vs) if vs else None
+        every = {
+            "count": len(vs),
+            "min": min(vs, default=None),
+            "max": max(vs, default=None),
+            "avg": mean,
+            "mean": mean,
+            "sum": math.fsum(vs) if vs else None,
+            "stddev": statistics.stdev(vs) if len(vs) > 1 else None,
+            "p50": statistics.median(vs) if vs else None,
+        }
+        out[s] = {a: every[a] for a in q.aggs}
+    return out
+
+
+def same(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> bool:
+    """Equal answers: count, min and max exactly, other floats within 1e-9 relative."""
+    if got.keys() != want.keys() or any(got[s].keys() != want[s].keys() for s in got):
+        return False
+    for s, stats in got.items():
+        for name, value in stats.items():
+            other = want[s][name]
+            if isinstance(value, float) and isinstance(other, float) and name not in ("min", "max"):
+                if not math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12):
+                    return False
+            elif value != other or type(value) is not type(other):
+                return False
+    return True
+
+
+QUERIES = [
+    MetricsQuery(T0 + 2 * M, T0 + 7 * M, STATS),  # whole minutes only
+    MetricsQuery(T0 + M + 17_500_000, T0 + 8 * M + 3 * S, STATS, ("temp",)),  # partial at both edges
+    MetricsQuery(T0 + M - 1, T0 + 3 * M + 1, STATS, ("temp", "hum", "none")),  # a microsecond each side
+    MetricsQuery(T0 - 5 * M, T0 + 20 * M, STATS),  # everything from T0, the flat minutes too
+    MetricsQuery(-120 * S, T0 + 20 * M, ("count", "sum", "stddev")),  # from before the epoch
+    MetricsQuery(-121 * S, -S, STATS, ("temp",)),  # before the epoch: a whole minute, a partial one
+    MetricsQuery(T0 + 11 * M, T0 + 13 * M, STATS, ("flat",)),  # all equal, then a single reading
+]
+
+
+def edge_queries(rows: list[Row]) -> list[MetricsQuery]:
+    """Ranges starting and ending exactly on stored readings (inclusive end as /compute/metrics asks)."""
+    times = sorted(ts for _, ts, s, _ in rows if s == "temp" and ts > T0 + 4 * M)
+    a, b = times[10], times[-30]
+    return [
+        MetricsQuery(a, b, STATS, ("temp",), end_inclusive=True),
+        MetricsQuery(a, b, STATS, ("temp",)),
+        MetricsQuery(T0 + 4 * M, T0 + 6 * M - 1, STATS, end_inclusive=True),  # exactly two minutes
+    ]
+
+
+RAW_ONLY = [
+    MetricsQuery(T0 + 3 * M + 5 * S, T0 + 3 * M + 50 * S, STATS),  # inside one minute
+    MetricsQuery(T0 + 3 * M + 30 * S, T0 + 4 * M + 30 * S, STATS),  # across a boundary, no whole minute
+    MetricsQuery(T0, T0 + 10 * M, STATS, ("temp",), ("d1", "d3")),  # device filter
+    MetricsQuery(T0, T0 + 10 * M, ("count", "p50"), ("hum",)),  # a quantile
+]
+
+
+def test_rollup_answers_equal_raw_rows_and_an_independent_computation(postgres_url: str) -> None:
+    batches = load()
+    rows = [r for b in batches for r in b]
+    queries = [*QUERIES, *edge_queries(rows), *RAW_ONLY]
+    assert [rollups.usable(q) for q in queries] == [True] * 10 + [False] * 4
+
+    async def run() -> tuple[list[Any], list[Any], list[Any], list[tuple[Any, ...]]]:
+        # Two writers (as two cluster workers), alternating batches.
+        first, second = PostgresStore(postgres_url), PostgresStore(postgres_url + "?rollups=off")
+        await first.start()
+        await second.start()
+        try:
+            for i, batch in enumerate(batches):
+                await (first, second)[i % 2].write(messages(batch, 1 + 10_000 * i))
+            from_rollup = [await first.query_metrics(q) for q in queries]
+            from_raw = [await second.query_metrics(q) for q in queries]
+            # Were the rollup wrong, the answers above would differ: make it wrong and see.
+            async with first._writing() as con:
+                await con.execute("UPDATE readings_1m SET n = n + 1 WHERE minute = %s", [T0 + 5 * M])
+            tampered = [await first.query_metrics(q) for q in queries]
+            async with first._writing() as con:
+                await con.execute("UPDATE readings_1m SET n = n - 1 WHERE minute = %s", [T0 + 5 * M])
+            table = await first.execute(
+                """SELECT sensor, minute, sum(n)::int8, min(lo), max(hi), sum(total) FROM readings_1m
+                   GROUP BY 1, 2 ORDER BY 1, 2"""
+            )
+        finally:
+            await first.close()
+            await second.close()
+        return from_rollup, from_raw, tampered, table
+
+    from_rollup, from_raw, tampered, table = asyncio.run(run())
+    for q, got, raw in zip(queries, from_rollup, from_raw, strict=True):
+        want = expected(rows, q)
+        assert same(got, want), (q, got, want)
+        assert same(raw, want), (q, raw, want)
+    counts = {s: a["count"] for s, a in from_rollup[3].items()}
+    assert counts == {"flat": 8, "hum": 1500, "temp": 1550}  # late readings counted once
+    # Tampering changed exactly the answers whose range holds minute 5 wholly (from the rollup).
+    changed = [i for i, (a, b) in enumerate(zip(from_rollup, tampered, strict=True)) if a != b]
+    assert changed == [0, 1, 3, 4, 7, 8, 9]
+    # The table itself: per (sensor, minute), what the raw rows hold.
+    minutes: dict[tuple[str, int], list[float]] = {}
+    for _, ts, s, v in rows:
+        minutes.setdefault((s, ts - ts % M), []).append(v)
+    assert [(s, m, n, lo, hi) for s, m, n, lo, hi, _ in table] == [
+        (s, m, len(vs), min(vs), max(vs)) for (s, m), vs in sorted(minutes.items())
+    ]
+    assert all(math.isclose(t, math.fsum(minutes[(s, m)]), rel_tol=1e-12) for s, m, *_, t in table)
+
+
+def test_batches_merging_into_one_minute(postgres_url: str) -> None:
+    """A minute's row is merged into by later batches whose values lie inside, below and above it;
+    a minute of equal values has a standard deviation of exactly 0, not a rounding residue."""
+    merged = [[5.0, 6.0], [1.0, 9.0], [3.0, 4.0], [7.0]]
+    flat = [[0.1] * 7 for _ in range(9)]
+    queries = [MetricsQuery(T0, T0 + M, STATS, ("x",)), MetricsQuery(T0, T0 + M, STATS, ("flat",))]
+
+    async def run() -> tuple[list[dict[str, dict[str, Any]]], list[tuple[Any, ...]]]:
+        store = PostgresStore(postgres_url)
+        await store.start()
+        try:
+            for i, values in enumerate([*merged, *flat]):
+                sensor = "x" if i < len(merged) else "flat"
+                rows = [("d1", T0 + (i * 10 + j) * 100_000, sensor, v) for j, v in enumerate(values)]
+                await store.write(messages(rows, 1 + 100 * i))
+            answers = [await store.query_metrics(q) for q in queries]
+            table = await store.execute("SELECT sensor, n, total, lo, hi, m2 FROM readings_1m ORDER BY 1")
+            return answers, table
+        finally:
+            await store.close()
+
+    (x, flat_answer), table = asyncio.run(run())
+    values = [v for vs in merged for v in vs]
+    assert all(rollups.usable(q) for q in queries)
+    assert x == {"x": {"count": 7, "min": 1.0, "max": 9.0, "avg": 5.0, "mean": 5.0, "sum": 35.0,
+                       "stddev": pytest.approx(statistics.stdev(values), rel=1e-12)}}  # fmt: skip
+    assert table[1] == ("x", 7, 35.0, 1.0, 9.0, pytest.approx(math.fsum((v - 5) ** 2 for v in values)))
+    assert flat_answer["flat"]["stddev"] == 0.0
+    assert (flat_answer["flat"]["count"], flat_answer["flat"]["min"], flat_answer["flat"]["max"]) == (
+        63,
+        0.1,
+        0.1,
+    )
+
+
+def test_a_database_from_before_the_rollups_gets_them_built_at_start(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    batches = load()
+    rows = [r for b in batches for r in b]
+
+    async def write() -> None:
+        store = PostgresStore(postgres_url)
+        await store.start()
+        try:
+            for i, batch in enumerate(batches):
+                await store.write(messages(batch, 1 + 10_000 * i))
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    with psycopg.connect(postgres_url, autocommit=True) as con:  # as schema 3 left it
+        con.execute("DROP TABLE readings_1m")
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+
+    async def reopen() -> list[dict[str, dict[str, Any]]]:
+        store = PostgresStore(postgres_url)
+        await store.start()
+        try:
+            return [await store.query_metrics(q) for q in QUERIES]
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.INFO, logger="fleetstream.adapters.store.postgres_queries"):
+        answers = asyncio.run(reopen())
+    assert any("per-minute rollups (readings_1m) built" in r.getMessage() for r in caplog.records)
+    for q, got in zip(QUERIES, answers, strict=True):
+        assert same(got, expected(rows, q)), q
+    with psycopg.connect(postgres_url) as con:
+        version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        n = con.execute("SELECT sum(n)::int8 FROM readings_1m").fetchone()
+    assert (version, n) == (("4",), (len(rows),))
+
+
+def test_the_rollups_url_option() -> None:
+    plain = PostgresStore("postgresql://u@h/db")
+    off = PostgresStore("postgresql://u@h/db?sslmode=disable&rollups=off")
+    on = PostgresStore("postgresql://u@h/db?rollups=on")
+    assert (plain.url, plain.use_rollups) == ("postgresql://u@h/db", True)
+    assert (off.url, off.use_rollups) == ("postgresql://u@h/db?sslmode=disable", False)
+    assert (on.url, on.use_rollups) == ("postgresql://u@h/db", True)
+    with pytest.raises(ConfigError, match="rollups='maybe' in the PostgreSQL URL: expected on or off"):
+        PostgresStore("postgresql://u@h/db?rollups=maybe")
