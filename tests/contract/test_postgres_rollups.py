@@ -17,11 +17,12 @@ import psycopg
 import pytest
 
 from fleetstream.adapters.store import postgres_rollups as rollups
-from fleetstream.adapters.store.postgres import PostgresStore
+from fleetstream.adapters.store.postgres import Connection, PostgresStore
+from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.records import DeviceMessage, Reading
 from fleetstream.errors import ConfigError
-from fleetstream.ports import MetricsQuery
+from fleetstream.ports import Derived, MetricsQuery
 
 S = 1_000_000
 M = 60 * S
@@ -251,6 +252,45 @@ def test_a_database_from_before_the_rollups_gets_them_built_at_start(
         version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         n = con.execute("SELECT sum(n)::int8 FROM readings_1m").fetchone()
     assert (version, n) == (("4",), (len(rows),))
+
+
+def test_a_cluster_workers_failed_commit_leaves_no_rollup_and_its_retry_counts_once(
+    postgres_url: str,
+) -> None:
+    """A worker stores readings, derived records and its partition checkpoint in one transaction
+    (cluster/partitions.py); when that fails (a crash), the rollup keeps nothing of it, and the
+    replay from the previous checkpoint writes the readings and their rollup once."""
+    rows = [("d1", T0 + i * S, "temp", float(i)) for i in range(150)]  # minutes 0, 1 and half of 2
+    query = MetricsQuery(T0, T0 + 3 * M, STATS)
+    checkpoint = PartitionCheckpoint(0, 150, b"state")
+
+    async def crash(con: Connection) -> None:
+        msg = "the worker died before its commit"
+        raise RuntimeError(msg)
+
+    async def run() -> tuple[list[tuple[Any, ...]], dict[str, dict[str, Any]], list[tuple[Any, ...]]]:
+        store = PostgresStore(postgres_url)
+        await store.start()
+        partitions = PartitionStore(store, "readings")
+        await partitions.start()
+        try:
+            with pytest.raises(RuntimeError, match="died"):
+                await partitions.commit([messages(rows, 1)], Derived(), [checkpoint], T0, then=crash)
+            after_crash = await store.execute(
+                "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM readings_1m)"
+            )
+            await partitions.commit([messages(rows, 1)], Derived(), [checkpoint], T0)
+            table = await store.execute("SELECT minute, sum(n)::int8 FROM readings_1m GROUP BY 1 ORDER BY 1")
+            return after_crash, await store.query_metrics(query), table
+        finally:
+            await store.close()
+
+    after_crash, answer, table = asyncio.run(run())
+    assert after_crash == [(0, 0)]
+    assert table == [(T0, 60), (T0 + M, 60), (T0 + 2 * M, 30)]
+    assert rollups.usable(query)
+    assert same(answer, expected(rows, query))
+    assert answer["temp"]["count"] == 150
 
 
 def test_the_rollups_url_option() -> None:
