@@ -7,7 +7,8 @@ a sum of squares suffers: Chan et al.'s pairwise update, the one PostgreSQL's ow
 uses). :func:`add_batch` adds a batch's readings in the transaction that copies them into
 ``readings``, so the rollup holds exactly what ``readings`` holds, whoever writes (the embedded
 engine's group commit and the cluster workers share :func:`~.postgres.write_batch`); a reading
-written twice would be counted twice by the raw rows as well.
+written twice would be counted twice by the raw rows as well. Nothing deletes readings; a retention
+that does must delete the rollup's minutes with them (min and max cannot be taken back).
 
 A query over ``[start, end)`` takes its whole minutes from the rollup and the partial minutes at
 both edges from raw rows. Count, minimum and maximum are exact; sum, mean and the sample standard
