@@ -8,9 +8,10 @@ both stores), and ``GET /api/v1/metrics`` of one device over 1 hour (device filt
 ``--requests`` (default 200) each after 5 unmeasured ones. PostgreSQL is served by two
 ``fleetstream api --bus kafka://... --store postgresql://...`` (cluster mode: queries read the
 store, no engine, no replay; a Tansu broker is started for their bus), one answering metric queries
-from the per-minute rollups (``readings_1m``, whole minutes, plus raw rows for the partial minutes at
-the edges), one from raw rows only (``?rollups=off`` in the store URL: the store before schema 4).
-The rollup is rebuilt from the readings before measuring, timed: what a database from before schema
+from the rollups (``readings_1h`` for whole hours, ``readings_1m`` for the whole minutes around
+them, raw rows for the partial minutes at the edges), one from raw rows only (``?rollups=off`` in
+the store URL: the store before schema 4).
+The rollups are rebuilt from the readings before measuring, timed: what a database from before schema
 4 pays once at its first start. DuckDB is served by ``fleetstream
 up``, whose first start on a generated file replays every reading through the processors (windows,
 twins) and stores a checkpoint: that replay runs once when the data is generated, is timed and
@@ -165,17 +166,20 @@ def generate(data: Path, url: str, rows: int, devices: int) -> dict[str, float]:
     return spent
 
 
-def rebuild_rollups(url: str) -> tuple[float, int]:
-    """The per-minute rollup built anew from every reading (the bulk load bypasses the store's
-    writes, which keep it): seconds and rollup rows."""
+def rebuild_rollups(url: str) -> tuple[float, list[int]]:
+    """The rollups built anew from every reading (the bulk load bypasses the store's writes,
+    which keep them): seconds and rows of each."""
+    rows = []
     with psycopg.connect(url, autocommit=True) as con:
         t0 = time.perf_counter()
         with con.transaction():
-            con.execute("TRUNCATE readings_1m")
-            cur = con.execute(BACKFILL)
+            for table, statement in BACKFILL.items():
+                con.execute(f"TRUNCATE {table}")
+                rows.append(con.execute(statement).rowcount)
         took = time.perf_counter() - t0
-        con.execute("VACUUM ANALYZE readings_1m")
-    return took, cur.rowcount
+        for table in BACKFILL:
+            con.execute(f"VACUUM ANALYZE {table}")
+    return took, rows
 
 
 def copy_cost(url: str, rows: int, devices: int) -> float:
@@ -224,8 +228,13 @@ def settle(url: str) -> float:
 
 def rollup_size(url: str) -> str:
     with psycopg.connect(url) as con:
-        size = (con.execute("SELECT pg_total_relation_size('readings_1m')").fetchone() or (0,))[0]
-    return f"{size / 2**20:,.1f} MiB with its primary key"
+        size = (
+            con.execute(
+                "SELECT pg_total_relation_size('readings_1m') + pg_total_relation_size('readings_1h')"
+            ).fetchone()
+            or (0,)
+        )[0]
+    return f"{size / 2**20:,.1f} MiB with their primary keys"
 
 
 def sizes(url: str, data: Path) -> str:
@@ -380,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PostgreSQL {version}: {', '.join(f'{k}={v}' for k, v in TUNING.items())}; "
               f"VACUUM ANALYZE + CHECKPOINT {vacuum_s:.1f} s", flush=True)  # fmt: skip
         print(f"sizes: {sizes(url, data)}", flush=True)
-        rollup_s, rollup_rows = rebuild_rollups(url)
-        print(f"per-minute rollups (readings_1m) rebuilt from the {args.rows:,} readings in "
-              f"{rollup_s:.1f} s: {rollup_rows:,} rows, {rollup_size(url)}", flush=True)  # fmt: skip
+        rollup_s, (minutes, hours) = rebuild_rollups(url)
+        print(f"rollups (readings_1m, readings_1h) rebuilt from the {args.rows:,} readings in "
+              f"{rollup_s:.1f} s: {minutes:,} and {hours:,} rows, {rollup_size(url)}",
+              flush=True)  # fmt: skip
         hour = span[0] + (span[1] - span[0]) / 2
         window = {
             "1 hour": (us(hour), us(hour + timedelta(hours=1))),

@@ -1,5 +1,5 @@
-"""What keeping the per-minute rollups costs PostgreSQL writers: readings/s through
-``PostgresStore.write`` (binary COPY + the rollup upsert, one transaction per batch) vs the same
+"""What keeping the per-minute and per-hour rollups costs PostgreSQL writers: readings/s through
+``PostgresStore.write`` (binary COPY + the rollups' upsert, one transaction per batch) vs the same
 writes with the rollup step skipped (the store as it was before schema 4), one run.
 
 Data: the simulator's shape, ``--devices`` devices (default 1000) sending one message of 3 readings
@@ -8,8 +8,8 @@ Data: the simulator's shape, ``--devices`` devices (default 1000) sending one me
 readings in all (default 600k: 200 s of the fleet). The two variants write into two fresh
 databases of one throwaway server (tests/servers.py: fsync off, so the figures are the CPU and
 I/O of the statements, not of the disk's flush), batch by batch alternately, the order flipped
-each batch. Also printed: the time in the rollup's two parts (numpy aggregation of the batch,
-the ``INSERT ... ON CONFLICT`` upsert), and a check that the rollup holds every reading.
+each batch. Also printed: the time in the rollups' two parts (numpy aggregation of the batch per
+minute and per hour, the one statement upserting both), and a check that both hold every reading.
 
     .venv/bin/python benchmarks/rollup_writes.py [--rows 600000] [--batch 3000] [--devices 1000]
 """
@@ -80,9 +80,9 @@ async def measure(url_a: str, url_b: str, work: list[Batch]) -> dict[str, Any]:
 
     async def timed_add(con: Any, sensor: list[str], ts: Any, value: list[float]) -> None:
         t0 = time.perf_counter()
-        parts = postgres_rollups.minute_parts(sensor, ts, value)
+        parts = postgres_rollups.parts(sensor, ts, value)
         t1 = time.perf_counter()
-        await con.execute(postgres_rollups._UPSERT, parts)
+        await con.execute(postgres_rollups.UPSERT, parts)
         spent["aggregate"] += t1 - t0
         spent["upsert"] += time.perf_counter() - t1
 
@@ -101,13 +101,21 @@ async def measure(url_a: str, url_b: str, work: list[Batch]) -> dict[str, Any]:
             for name, store, step in order if i % 2 else order[::-1]:
                 spent[name] += await write(store, step, b)
         postgres.rollups.add_batch = real_add
-        held = await with_rollups.execute("SELECT sum(n)::int8, count(*) FROM readings_1m")
+        held = await with_rollups.execute(
+            """SELECT sum(n)::int8, count(*) FROM readings_1m
+               UNION ALL SELECT sum(n)::int8, count(*) FROM readings_1h"""
+        )
         stored = await with_rollups.execute("SELECT count(*) FROM readings")
     finally:
         postgres.rollups.add_batch = real_add
         await with_rollups.close()
         await without.close()
-    return {**spent, "rolled_up": held[0][0], "rollup_rows": held[0][1], "stored": stored[0][0]}
+    return {
+        **spent,
+        "rolled_up": [h[0] for h in held],
+        "rollup_rows": [h[1] for h in held],
+        "stored": stored[0][0],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         f"rollup per batch of {args.batch:,}: numpy aggregation {per_batch['aggregate']:.2f} ms, "
         f"upsert {per_batch['upsert']:.2f} ms"
     )
-    ok = got["rolled_up"] == got["stored"] == rows
-    print(f"rollup holds every reading: {'yes' if ok else 'NO'} ({got['rolled_up']:,} in "
-          f"{got['rollup_rows']:,} rollup rows, {got['stored']:,} readings)")  # fmt: skip
+    ok = got["rolled_up"] == [rows, rows] and got["stored"] == rows
+    minutes, hours = got["rollup_rows"]
+    print(f"rollups hold every reading: {'yes' if ok else 'NO'} ({got['rolled_up']} in {minutes:,} "
+          f"minute and {hours:,} hour rows; {got['stored']:,} readings)")  # fmt: skip
     return 0 if ok else 1
 
 

@@ -41,7 +41,8 @@ def messages(rows: list[Row], seq: int) -> Batch:
 
 def load() -> list[list[Row]]:
     """Batches over minutes 0..9 after T0, shuffled within each, then late readings for minutes 1
-    and 2, a minute where every value is the same, one with a single reading, and one before 1970."""
+    and 2, a minute where every value is the same, one with a single reading, one before 1970, and
+    readings every 97 s over the next 4 hours and a half."""
     rng = random.Random(5)
     rows = [
         (f"d{rng.randrange(4)}", T0 + rng.randrange(10 * M), s, round(rng.uniform(-50, 150), 3))
@@ -56,7 +57,12 @@ def load() -> list[list[Row]]:
     same = [("d1", T0 + 11 * M + i * S, "flat", 21.7) for i in range(7)]
     single = [("d2", T0 + 12 * M + 5 * S, "flat", -4.25)]
     before_epoch = [("d3", -90 * S + i * S, "temp", 0.5 * i) for i in range(60)]
-    return [*batches, late, same, single, before_epoch]
+    spread = [
+        (f"d{i % 4}", T0 + 20 * M + i * 97 * S, s, round(rng.uniform(-50, 150), 3))
+        for i in range(160)
+        for s in ("temp", "hum")
+    ]
+    return [*batches, late, same, single, before_epoch, spread[:170], spread[170:]]
 
 
 def expected(rows: list[Row], q: MetricsQuery) -> dict[str, dict[str, Any]]:
@@ -121,6 +127,14 @@ def edge_queries(rows: list[Row]) -> list[MetricsQuery]:
     ]
 
 
+H = 60 * M
+HOURS = [  # T0 - 20 min is an hour's start
+    MetricsQuery(T0 + 30 * M + 5 * S, T0 + 250 * M + 7 * S, STATS),  # 3 hours, minutes, raw edges
+    MetricsQuery(T0 - 20 * M, T0 + 280 * M, STATS, ("temp",)),  # 5 whole hours, nothing else
+    MetricsQuery(T0 + 40 * M - S, T0 + 100 * M + 1, ("count", "min", "max", "sum"), end_inclusive=True),
+    MetricsQuery(-121 * S, T0 + 600 * M, STATS),  # from before the epoch: every level
+]
+
 RAW_ONLY = [
     MetricsQuery(T0 + 3 * M + 5 * S, T0 + 3 * M + 50 * S, STATS),  # inside one minute
     MetricsQuery(T0 + 3 * M + 30 * S, T0 + 4 * M + 30 * S, STATS),  # across a boundary, no whole minute
@@ -132,10 +146,10 @@ RAW_ONLY = [
 def test_rollup_answers_equal_raw_rows_and_an_independent_computation(postgres_url: str) -> None:
     batches = load()
     rows = [r for b in batches for r in b]
-    queries = [*QUERIES, *edge_queries(rows), *RAW_ONLY]
-    assert [rollups.usable(q) for q in queries] == [True] * 10 + [False] * 4
+    queries = [*QUERIES, *edge_queries(rows), *HOURS, *RAW_ONLY]
+    assert [rollups.usable(q) for q in queries] == [True] * 14 + [False] * 4
 
-    async def run() -> tuple[list[Any], list[Any], list[Any], list[tuple[Any, ...]]]:
+    async def run() -> tuple[list[Any], ...]:
         # Two writers (as two cluster workers), alternating batches.
         first, second = PostgresStore(postgres_url), PostgresStore(postgres_url + "?rollups=off")
         await first.start()
@@ -151,33 +165,46 @@ def test_rollup_answers_equal_raw_rows_and_an_independent_computation(postgres_u
             tampered = [await first.query_metrics(q) for q in queries]
             async with first._writing() as con:
                 await con.execute("UPDATE readings_1m SET n = n - 1 WHERE minute = %s", [T0 + 5 * M])
-            table = await first.execute(
-                """SELECT sensor, minute, sum(n)::int8, min(lo), max(hi), sum(total) FROM readings_1m
-                   GROUP BY 1, 2 ORDER BY 1, 2"""
-            )
+                await con.execute("UPDATE readings_1h SET n = n + 1 WHERE hour = %s", [T0 + 40 * M])
+            tampered_hour = [await first.query_metrics(q) for q in queries]
+            async with first._writing() as con:
+                await con.execute("UPDATE readings_1h SET n = n - 1 WHERE hour = %s", [T0 + 40 * M])
+            tables = [
+                await first.execute(
+                    f"""SELECT sensor, {column}, sum(n)::int8, min(lo), max(hi), sum(total) FROM {table}
+                        GROUP BY 1, 2 ORDER BY 1, 2"""
+                )
+                for table, column, _ in rollups.LEVELS
+            ]
         finally:
             await first.close()
             await second.close()
-        return from_rollup, from_raw, tampered, table
+        return from_rollup, from_raw, tampered, tampered_hour, tables
 
-    from_rollup, from_raw, tampered, table = asyncio.run(run())
+    from_rollup, from_raw, tampered, tampered_hour, tables = asyncio.run(run())
     for q, got, raw in zip(queries, from_rollup, from_raw, strict=True):
         want = expected(rows, q)
         assert same(got, want), (q, got, want)
         assert same(raw, want), (q, raw, want)
     counts = {s: a["count"] for s, a in from_rollup[3].items()}
     assert counts == {"flat": 8, "hum": 1500, "temp": 1550}  # late readings counted once
-    # Tampering changed exactly the answers whose range holds minute 5 wholly (from the rollup).
-    changed = [i for i, (a, b) in enumerate(zip(from_rollup, tampered, strict=True)) if a != b]
+    # Tampering changed exactly the answers that read minute 5 from readings_1m (ranges holding it
+    # wholly, but not the whole hour around it), then those that read the hour from T0 + 40 min.
+    # (Floats may differ in the last bits between two runs of a query: the rows' order is the plan's.)
+    changed = [i for i, (a, b) in enumerate(zip(from_rollup, tampered, strict=True)) if not same(a, b)]
     assert changed == [0, 1, 3, 4, 7, 8, 9]
-    # The table itself: per (sensor, minute), what the raw rows hold.
-    minutes: dict[tuple[str, int], list[float]] = {}
-    for _, ts, s, v in rows:
-        minutes.setdefault((s, ts - ts % M), []).append(v)
-    assert [(s, m, n, lo, hi) for s, m, n, lo, hi, _ in table] == [
-        (s, m, len(vs), min(vs), max(vs)) for (s, m), vs in sorted(minutes.items())
-    ]
-    assert all(math.isclose(t, math.fsum(minutes[(s, m)]), rel_tol=1e-12) for s, m, *_, t in table)
+    changed = [i for i, (a, b) in enumerate(zip(from_rollup, tampered_hour, strict=True)) if not same(a, b)]
+    assert changed == [7, 8, 10, 11, 12, 13]
+    assert from_rollup[11]["temp"]["count"] == 1550 + 160
+    # The tables themselves: per (sensor, minute or hour), what the raw rows hold.
+    for (_, _, width), table in zip(rollups.LEVELS, tables, strict=True):
+        groups: dict[tuple[str, int], list[float]] = {}
+        for _, ts, s, v in rows:
+            groups.setdefault((s, ts - ts % width), []).append(v)
+        assert [(s, m, n, lo, hi) for s, m, n, lo, hi, _ in table] == [
+            (s, m, len(vs), min(vs), max(vs)) for (s, m), vs in sorted(groups.items())
+        ]
+        assert all(math.isclose(t, math.fsum(groups[(s, m)]), rel_tol=1e-12) for s, m, *_, t in table)
 
 
 def test_batches_merging_into_one_minute(postgres_url: str) -> None:
@@ -232,7 +259,7 @@ def test_a_database_from_before_the_rollups_gets_them_built_at_start(
 
     asyncio.run(write())
     with psycopg.connect(postgres_url, autocommit=True) as con:  # as schema 3 left it
-        con.execute("DROP TABLE readings_1m")
+        con.execute("DROP TABLE readings_1m, readings_1h")
         con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
     async def reopen() -> list[dict[str, dict[str, Any]]]:
@@ -245,13 +272,16 @@ def test_a_database_from_before_the_rollups_gets_them_built_at_start(
 
     with caplog.at_level(logging.INFO, logger="fleetstream.adapters.store.postgres_queries"):
         answers = asyncio.run(reopen())
-    assert any("per-minute rollups (readings_1m) built" in r.getMessage() for r in caplog.records)
+    built = [r.getMessage().split(" built")[0] for r in caplog.records if "built from" in r.getMessage()]
+    assert built == ["PostgreSQL store: rollup readings_1m", "PostgreSQL store: rollup readings_1h"]
     for q, got in zip(QUERIES, answers, strict=True):
         assert same(got, expected(rows, q)), q
     with psycopg.connect(postgres_url) as con:
         version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        n = con.execute("SELECT sum(n)::int8 FROM readings_1m").fetchone()
-    assert (version, n) == (("4",), (len(rows),))
+        held = con.execute(
+            "SELECT (SELECT sum(n) FROM readings_1m)::int8, (SELECT sum(n) FROM readings_1h)::int8"
+        ).fetchone()
+    assert (version, held) == (("4",), (len(rows), len(rows)))
 
 
 def test_a_cluster_workers_failed_commit_leaves_no_rollup_and_its_retry_counts_once(

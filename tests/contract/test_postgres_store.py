@@ -56,6 +56,7 @@ def test_the_schema_indexes_and_reopening(postgres_url: str) -> None:
         "late_readings": "PRIMARY KEY (seq, size_us)",
         "meta": "PRIMARY KEY (key)",
         "model_rounds": "PRIMARY KEY (round)",
+        "readings_1h": "PRIMARY KEY (sensor, hour, shard)",
         "readings_1m": "PRIMARY KEY (sensor, minute, shard)",
         "rules": "PRIMARY KEY (id)",
         "twins": "PRIMARY KEY (device_id)",

@@ -98,14 +98,17 @@ async def create_schema(con: Connection, version: int) -> str:
     async with con.transaction():
         # Two processes starting together must not both create a table.
         await con.execute("SELECT pg_advisory_xact_lock(hashtext('fleetstream schema'))")
-        cur = await con.execute("SELECT to_regclass('readings_1m') IS NULL")
-        new_rollups = bool((await cur.fetchone() or (True,))[0])
+        missing = []
+        for table, _, _ in rollups.LEVELS:
+            cur = await con.execute("SELECT to_regclass(%s) IS NULL", [table])
+            if (await cur.fetchone() or (True,))[0]:
+                missing.append(table)
         await con.execute(DDL)
         await con.execute(derived.DDL)
         await con.execute(alerts.DDL)
         await con.execute(rollups.DDL)
-        if new_rollups:
-            await _backfill_rollups(con)
+        for table in missing:
+            await _backfill_rollup(con, table)
         cur = await con.execute("SELECT value FROM meta WHERE key = 'schema_version'")
         row = await cur.fetchone()
         if row is not None and int(row[0]) > version:
@@ -119,15 +122,15 @@ async def create_schema(con: Connection, version: int) -> str:
         return await _time_layout(con)
 
 
-async def _backfill_rollups(con: Connection) -> None:
-    """Roll up the readings a database from before schema 4 holds (in the schema's transaction:
+async def _backfill_rollup(con: Connection, table: str) -> None:
+    """Roll up the readings a database from before the rollups holds (in the schema's transaction:
     writers wait for it, and none writes readings the rollup would miss)."""
     began = time.perf_counter()
-    cur = await con.execute(rollups.BACKFILL)
+    cur = await con.execute(rollups.BACKFILL[table])
     if cur.rowcount:
         log.info(
-            "PostgreSQL store: per-minute rollups (readings_1m) built from the stored readings: "
-            "%d rows in %.1f s",
+            "PostgreSQL store: rollup %s built from the stored readings: %d rows in %.1f s",
+            table,
             cur.rowcount,
             time.perf_counter() - began,
         )
