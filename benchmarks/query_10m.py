@@ -1,11 +1,18 @@
-"""Query latency over 10 million readings: PostgreSQL (cluster ``api``) beside DuckDB (``up``), one run.
+"""Query latency over 10 million readings: PostgreSQL (cluster ``api``, from its per-minute rollups
+and from raw rows) beside DuckDB (``up``), one run.
 
 What it measures: p50/p95/p99 latency, over HTTP on one keep-alive connection, of
 ``GET /api/v1/metrics`` and ``POST /compute/metrics`` (count, min, max, average of one sensor)
 over a 1-hour range, the full range and a random range each request (the same random ranges on
-both stores), ``--requests`` (default 200) each after 5 unmeasured ones. PostgreSQL is served by
-``fleetstream api --bus kafka://... --store postgresql://...`` (cluster mode: queries read the store,
-no engine, no replay; a Tansu broker is started for its bus). DuckDB is served by ``fleetstream
+both stores), and ``GET /api/v1/metrics`` of one device over 1 hour (device filters read raw rows),
+``--requests`` (default 200) each after 5 unmeasured ones. PostgreSQL is served by two
+``fleetstream api --bus kafka://... --store postgresql://...`` (cluster mode: queries read the
+store, no engine, no replay; a Tansu broker is started for their bus), one answering metric queries
+from the rollups (``readings_1h`` for whole hours, ``readings_1m`` for the whole minutes around
+them, raw rows for the partial minutes at the edges), one from raw rows only (``?rollups=off`` in
+the store URL: the store before schema 4).
+The rollups are rebuilt from the readings before measuring, timed: what a database from before schema
+4 pays once at its first start. DuckDB is served by ``fleetstream
 up``, whose first start on a generated file replays every reading through the processors (windows,
 twins) and stores a checkpoint: that replay runs once when the data is generated, is timed and
 printed, and the measured start restores the checkpoint instead.
@@ -18,7 +25,9 @@ Generated in numpy columns and loaded in bulk (DuckDB: an Arrow table inserted i
 (``--regenerate`` rebuilds). PostgreSQL is a throwaway cluster (``tests/servers.py``) with, stated
 in the output: shared_buffers 512MB, work_mem 64MB, 2 parallel workers per query, random_page_cost
 1.1 (SSD), VACUUM ANALYZE and CHECKPOINT before measuring. After the adapter's own indexes, a
-covering btree on ``(sensor, ts) INCLUDE (value)`` is built and ``/api/v1/metrics`` measured again.
+covering btree on ``(sensor, ts) INCLUDE (value)`` is built and ``/api/v1/metrics`` measured again
+from raw rows. Every PostgreSQL answer (rollups and raw) is checked against DuckDB's (1 hour, full
+range, one device: counts exactly, floats within 1e-9 relative).
 
     .venv/bin/python benchmarks/query_10m.py [--rows 10000000] [--requests 200] [--regenerate]
 """
@@ -57,6 +66,7 @@ from _harness import (
 )
 from fleetstream.adapters.store.duckdb import _READINGS_SCHEMA, DuckDBStore
 from fleetstream.adapters.store.postgres import PostgresStore
+from fleetstream.adapters.store.postgres_rollups import BACKFILL, DDL
 from query import Client, measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests.servers
@@ -156,6 +166,23 @@ def generate(data: Path, url: str, rows: int, devices: int) -> dict[str, float]:
     return spent
 
 
+def rebuild_rollups(url: str) -> tuple[float, list[int]]:
+    """The rollups built anew from every reading (the bulk load bypasses the store's writes,
+    which keep them): seconds and rows of each."""
+    rows = []
+    with psycopg.connect(url, autocommit=True) as con:
+        t0 = time.perf_counter()
+        with con.transaction():
+            con.execute(DDL)  # data cached before a rollup level existed
+            for table, statement in BACKFILL.items():
+                con.execute(f"TRUNCATE {table}")
+                rows.append(con.execute(statement).rowcount)
+        took = time.perf_counter() - t0
+        for table in BACKFILL:
+            con.execute(f"VACUUM ANALYZE {table}")
+    return took, rows
+
+
 def copy_cost(url: str, rows: int, devices: int) -> float:
     """Seconds to COPY the next 1M readings in a transaction that is then rolled back (the data
     stays as generated): what an extra index costs writers."""
@@ -200,6 +227,17 @@ def settle(url: str) -> float:
     return time.perf_counter() - t0
 
 
+def rollup_size(url: str) -> str:
+    with psycopg.connect(url) as con:
+        size = (
+            con.execute(
+                "SELECT pg_total_relation_size('readings_1m') + pg_total_relation_size('readings_1h')"
+            ).fetchone()
+            or (0,)
+        )[0]
+    return f"{size / 2**20:,.1f} MiB with their primary keys"
+
+
 def sizes(url: str, data: Path) -> str:
     with psycopg.connect(url) as con:
         heap, total = con.execute(
@@ -240,11 +278,11 @@ def cases(client: Client, span: tuple[datetime, datetime], only: str = "") -> di
         a, b = sorted(rnd.sample(range(seconds + 1), 2))
         return first + timedelta(seconds=a), first + timedelta(seconds=b)
 
-    def metrics(r: Callable[[], tuple[datetime, datetime]]) -> Callable[[], Any]:
+    def metrics(r: Callable[[], tuple[datetime, datetime]], device: str = "") -> Callable[[], Any]:
         def call() -> Any:
             lo, hi = r()
             return client.call("GET", f"/api/v1/metrics?sensor={SENSOR}&from={lo:%Y-%m-%dT%H:%M:%SZ}"
-                               f"&to={hi:%Y-%m-%dT%H:%M:%SZ}&agg=count,min,max,avg")  # fmt: skip
+                               f"&to={hi:%Y-%m-%dT%H:%M:%SZ}&agg=count,min,max,avg{device}")  # fmt: skip
 
         return call
 
@@ -267,6 +305,8 @@ def cases(client: Client, span: tuple[datetime, datetime], only: str = "") -> di
             continue
         for name, r in ranges.items():
             out[f"{endpoint}, {name}"] = make(r)
+        if endpoint.startswith("GET"):
+            out[f"{endpoint}, 1 hour, one device"] = metrics(ranges["1 hour"], "&device_id=dev-00042")
     return out
 
 
@@ -350,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PostgreSQL {version}: {', '.join(f'{k}={v}' for k, v in TUNING.items())}; "
               f"VACUUM ANALYZE + CHECKPOINT {vacuum_s:.1f} s", flush=True)  # fmt: skip
         print(f"sizes: {sizes(url, data)}", flush=True)
+        rollup_s, (minutes, hours) = rebuild_rollups(url)
+        print(f"rollups (readings_1m, readings_1h) rebuilt from the {args.rows:,} readings in "
+              f"{rollup_s:.1f} s: {minutes:,} and {hours:,} rows, {rollup_size(url)}",
+              flush=True)  # fmt: skip
         hour = span[0] + (span[1] - span[0]) / 2
         window = {
             "1 hour": (us(hour), us(hour + timedelta(hours=1))),
@@ -363,7 +407,15 @@ def main(argv: list[str] | None = None) -> int:
                "--store", url, "--port", str(port), "--log-level", "warning"]  # fmt: skip
         api = start("fleetstream api", cmd, port, OUT / "query-10m-api.log", "/readyz")
         client = Client(api.port)
-        results.update(run_cases("PostgreSQL (BRIN)", client, span, args))
+        results.update(run_cases("PostgreSQL rollups", client, span, args))
+        client.close()
+        api.stop()
+        port = free_port()
+        cmd[cmd.index(url)] = url + "?rollups=off"
+        cmd[cmd.index("--port") + 1] = str(port)
+        api = start("fleetstream api", cmd, port, OUT / "query-10m-api-raw.log", "/readyz")
+        client = Client(api.port)
+        results.update(run_cases("PostgreSQL raw (BRIN)", client, span, args))
         duck = start_fleetstream(data, OUT / "query-10m-duckdb.log", ready_timeout=600)
         duck_client = Client(duck.port)
         results.update(run_cases("DuckDB", duck_client, span, args))
@@ -384,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{after:.2f} s with the covering btree too", flush=True)  # fmt: skip
         plans(url, window)
         client = Client(api.port)
-        results.update(run_cases("PostgreSQL (+ covering btree)", client, span, args, only="GET"))
+        results.update(run_cases("PostgreSQL raw (+ covering btree)", client, span, args, only="GET"))
         client.close()
         with psycopg.connect(url, autocommit=True) as con:
             con.execute("DROP INDEX readings_sensor_ts_cover")
@@ -410,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         if not same:
             print(f"answers differ, {what}: {store} {a} vs DuckDB {b}")
         agree = agree and same
-    print(f"\nanswers agree (PostgreSQL vs DuckDB, 1 hour and full range): {'yes' if agree else 'NO'}")
+    verdict = "yes" if agree else "NO"
+    print(f"\nanswers agree (PostgreSQL vs DuckDB, 1 hour, full range, one device): {verdict}")
     print(f"took {(datetime.now(UTC) - began).total_seconds():.0f} s")
     return 0 if agree else 1
 

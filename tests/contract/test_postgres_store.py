@@ -56,6 +56,8 @@ def test_the_schema_indexes_and_reopening(postgres_url: str) -> None:
         "late_readings": "PRIMARY KEY (seq, size_us)",
         "meta": "PRIMARY KEY (key)",
         "model_rounds": "PRIMARY KEY (round)",
+        "readings_1h": "PRIMARY KEY (sensor, hour, shard)",
+        "readings_1m": "PRIMARY KEY (sensor, minute, shard)",
         "rules": "PRIMARY KEY (id)",
         "twins": "PRIMARY KEY (device_id)",
         "windows": "PRIMARY KEY (size_us, device_id, start, sensor)",
@@ -78,7 +80,7 @@ def test_a_schema_2_database_gains_the_alert_and_model_tables(postgres_url: str)
     call(again.put_definition("rules", "hot", {"id": "hot"}))
     assert call(again.definitions("rules")) == {"hot": {"id": "hot"}}
     assert call(again.log_position()) == (4, 30 * S)  # the readings are still there
-    assert call(again.execute("SELECT value FROM meta WHERE key = 'schema_version'")) == [("3",)]
+    assert call(again.execute("SELECT value FROM meta WHERE key = 'schema_version'")) == [("4",)]
     call(again.close())
 
 
@@ -87,7 +89,7 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         con.execute("INSERT INTO meta VALUES ('schema_version', '99')")
 
-    with pytest.raises(StoreError, match=r"newer fleetstream \(schema 99 > 3\)"):
+    with pytest.raises(StoreError, match=r"newer fleetstream \(schema 99 > 4\)"):
         call(PostgresStore(postgres_url).start())
 
 

@@ -30,6 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
+from fleetstream.adapters.store.postgres_rollups import LEVELS
+
 from ..servers import Mosquitto, Postgres, Tansu, free_port
 from ._support import iso, read_db, sse_frames, wait_for
 
@@ -434,6 +436,17 @@ def test_two_workers_one_killed_store_what_the_embedded_run_stores(
     assert {e[3] for e in expected["events"]} >= {"registered", "startup", "heartbeat"}
     assert got["late"] == expected["late"]
     assert got["twins"] == expected["twins"]
+    # PostgreSQL's rollups hold exactly the stored readings, after the kill and the survivor's replay.
+    for table, column, width in LEVELS:
+        with psycopg.connect(cluster_db) as con:
+            rolled = con.execute(
+                f"""SELECT sensor, {column}, sum(n)::int8, min(lo), max(hi) FROM {table} GROUP BY 1, 2
+                    EXCEPT ALL
+                    SELECT sensor, ts - mod(mod(ts, {width}) + {width}, {width}), count(*), min(value),
+                           max(value) FROM readings GROUP BY 1, 2"""
+            ).fetchall()
+            total = con.execute(f"SELECT sum(n)::int8 FROM {table}").fetchone()
+        assert (rolled, total) == ([], (len(stored),)), table
 
     # the api: fleet windows merged from the partitions' partials equal the embedded fleet windows
     # (count, min and max exactly, sum to rounding, quantiles within the sketch's accuracy), a

@@ -23,6 +23,7 @@ import psycopg
 from fleetstream.adapters.store import postgres_alerts as alerts_db
 from fleetstream.adapters.store import postgres_derived as derived_db
 from fleetstream.adapters.store import postgres_queries as queries
+from fleetstream.adapters.store import postgres_rollups as rollups
 from fleetstream.adapters.store.duckdb import _message_positions, _replayed
 from fleetstream.domain.alerts import Alert
 from fleetstream.domain.batch import Batch
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
-SCHEMA_VERSION = 3  # 3: alerts, rules, zones, model_rounds
+SCHEMA_VERSION = 4  # 3: alerts, rules, zones, model_rounds; 4: readings_1m (per-minute rollups)
 _READING_COLUMNS = queries.READING_COLUMNS
 _READING_TYPES = ["int8", "text", "int8", "text", "float8", "text", "text", "text", "int8", "text", "int8"]
 _MESSAGE_COLUMNS = queries.MESSAGE_COLUMNS
@@ -54,12 +55,17 @@ _MESSAGE_TYPES = ["int8", "text", "int8", "text", "text", "text", "int8"]
 
 
 class PostgresStore:
-    """The :class:`~fleetstream.ports.Store` on a PostgreSQL database (created schema and all)."""
+    """The :class:`~fleetstream.ports.Store` on a PostgreSQL database (created schema and all).
+
+    ``rollups=off`` in the URL's query answers metric queries from raw rows only (the per-minute
+    rollups are still maintained): for comparing the two, or ruling the rollups out.
+    """
 
     def __init__(self, url: str, *, readers: int = 2) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             msg = f"not a postgresql URL: {url!r}"
             raise ConfigError(msg)
+        url, self.use_rollups = _rollups_option(url)
         self.url = url
         self._readers_count = readers
         self._writer: Connection | None = None
@@ -209,6 +215,8 @@ class PostgresStore:
 
     async def query_metrics(self, query: MetricsQuery) -> dict[str, dict[str, Any]]:
         async with self._reading() as con:
+            if self.use_rollups and rollups.usable(query):
+                return await rollups.query_metrics(con, query)
             return await queries.query_metrics(con, query)
 
     async def query_series(self, query: SeriesQuery) -> dict[str, list[dict[str, Any]]]:
@@ -308,10 +316,12 @@ class PostgresStore:
 
 
 async def write_batch(con: Connection, batch: Batch) -> None:
-    """Write a batch's readings and events on ``con`` (in the caller's transaction)."""
+    """Write a batch's readings (and their per-minute rollups) and events on ``con`` (in the
+    caller's transaction)."""
     if len(batch):
         positions = _message_positions(batch)
-        order = np.argsort(np.asarray(batch.ts, np.int64), kind="stable").tolist()
+        ts = np.asarray(batch.ts, np.int64)
+        order = np.argsort(ts, kind="stable").tolist()
         columns = (
             batch.seq,
             batch.device_id,
@@ -330,6 +340,7 @@ async def write_batch(con: Connection, batch: Batch) -> None:
             copy.set_types(_READING_TYPES)
             for i in order:
                 await copy.write_row([column[i] for column in columns])
+        await rollups.add_batch(con, batch.sensor, ts, batch.value)
     if batch.events:
         bare = sorted(batch.events, key=lambda m: m.ts)
         cur = con.cursor()
@@ -338,6 +349,25 @@ async def write_batch(con: Connection, batch: Batch) -> None:
             for m in bare:
                 row = (m.seq, m.device_id, m.ts, m.kind, m.device_type, m.msg_id, m.received_at)
                 await copy.write_row(row)
+
+
+def _rollups_option(url: str) -> tuple[str, bool]:
+    """The URL without fleetstream's own ``rollups=on|off`` parameter (libpq refuses unknown ones),
+    and whether metric queries may use the rollups."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, True
+    kept, use = [], True
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key != "rollups":
+            kept.append(pair)
+        elif value in ("on", "off"):
+            use = value == "on"
+        else:
+            msg = f"rollups={value!r} in the PostgreSQL URL: expected on or off"
+            raise ConfigError(msg)
+    return base + ("?" + "&".join(kept) if kept else ""), use
 
 
 def _store_error(exc: psycopg.Error) -> StoreError:

@@ -11,6 +11,7 @@ and Monday-aligned weeks agree with every other store, whatever zone data the se
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import psycopg
 
 from fleetstream.adapters.store import postgres_alerts as alerts
 from fleetstream.adapters.store import postgres_derived as derived
+from fleetstream.adapters.store import postgres_rollups as rollups
 from fleetstream.adapters.store.duckdb import _message_of
 from fleetstream.domain.buckets import Buckets
 from fleetstream.domain.records import DedupKey
@@ -96,9 +98,17 @@ async def create_schema(con: Connection, version: int) -> str:
     async with con.transaction():
         # Two processes starting together must not both create a table.
         await con.execute("SELECT pg_advisory_xact_lock(hashtext('fleetstream schema'))")
+        missing = []
+        for table, _, _ in rollups.LEVELS:
+            cur = await con.execute("SELECT to_regclass(%s) IS NULL", [table])
+            if (await cur.fetchone() or (True,))[0]:
+                missing.append(table)
         await con.execute(DDL)
         await con.execute(derived.DDL)
         await con.execute(alerts.DDL)
+        await con.execute(rollups.DDL)
+        for table in missing:
+            await _backfill_rollup(con, table)
         cur = await con.execute("SELECT value FROM meta WHERE key = 'schema_version'")
         row = await cur.fetchone()
         if row is not None and int(row[0]) > version:
@@ -110,6 +120,20 @@ async def create_schema(con: Connection, version: int) -> str:
             [str(version)],
         )
         return await _time_layout(con)
+
+
+async def _backfill_rollup(con: Connection, table: str) -> None:
+    """Roll up the readings a database from before the rollups holds (in the schema's transaction:
+    writers wait for it, and none writes readings the rollup would miss)."""
+    began = time.perf_counter()
+    cur = await con.execute(rollups.BACKFILL[table])
+    if cur.rowcount:
+        log.info(
+            "PostgreSQL store: rollup %s built from the stored readings: %d rows in %.1f s",
+            table,
+            cur.rowcount,
+            time.perf_counter() - began,
+        )
 
 
 async def _time_layout(con: Connection) -> str:
