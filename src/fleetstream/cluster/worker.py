@@ -39,6 +39,7 @@ from fleetstream.cluster.adapters import kafka_bus, postgres_store
 from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
+from fleetstream.cluster.stored_bound import NOTHING, BoundedKeyStore, PartitionBounds, newest_time
 from fleetstream.cluster.worker_rules import WorkerRules
 from fleetstream.config import Settings
 from fleetstream.domain.batch import Batch
@@ -56,12 +57,16 @@ WORKER_GROUP = "fleetstream-workers"
 
 
 class _Partition:
-    """One assigned partition: its processors and the offset of the first record they have not seen."""
+    """One assigned partition: its processors, the offset of the first record they have not seen and
+    the newest event time it stored (:mod:`.stored_bound`)."""
 
-    def __init__(self, number: int, processors: StreamProcessors, next_offset: int) -> None:
+    def __init__(
+        self, number: int, processors: StreamProcessors, next_offset: int, stored_until: int = NOTHING
+    ) -> None:
         self.number = number
         self.processors = processors
         self.next_offset = next_offset
+        self.stored_until = stored_until
 
 
 class Worker:
@@ -90,6 +95,8 @@ class Worker:
         self.batches_total = 0
         self.readings_total = 0
         self.skipped_total = 0
+        self.lookups_spared_total = 0  # keys below the dedup horizon known new without a store lookup
+        self.bounds = PartitionBounds(self.bus, self.store, self.checkpoints.topic)
         self._lock = asyncio.Lock()  # batches, timers and rebalances change partitions one at a time
         self._task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
@@ -145,8 +152,10 @@ class Worker:
 
     async def _assigned(self, partitions: list[int]) -> None:
         async with self._lock:
+            await self.bounds.rebalanced()
             for number in partitions:
                 self.partitions[number] = await self._restore(number)
+            self.bounds.settled()
             await self._remember_recent()
         log.info("worker %s: took partitions %s", self.worker_id, partitions)
 
@@ -160,12 +169,13 @@ class Worker:
         processors = StreamProcessors(self.stream)
         self.writes.configure(processors)
         saved = await self.checkpoints.load(number)
+        until = await self.bounds.restored(saved)
         if saved is None:
-            return _Partition(number, processors, 0)
+            return _Partition(number, processors, 0, until)
         resident = await self.store.load_twins(StreamProcessors.resident_ids(saved.state))
         processors.restore(saved.state, resident)
         log.info("worker %s: partition %d restored at offset %d", self.worker_id, number, saved.next_offset)
-        return _Partition(number, processors, saved.next_offset)
+        return _Partition(number, processors, saved.next_offset, until)
 
     async def _remember_recent(self) -> None:
         """Load the dedup keys stored recently (by whichever worker): re-sends of them are dropped."""
@@ -213,9 +223,14 @@ class Worker:
         fresh_batches: list[Batch] = []
         remembered: list[DedupKey] = []
         derived = Derived()
+        until: dict[int, int] = {}
         try:
             for number, items in pieces.items():
-                fresh, keys = await deduplicate(self.dedup, self.store, partition_batch(number, items))
+                part = self.partitions[number]
+                keys_store = BoundedKeyStore(self.store, part.stored_until)
+                fresh, keys = await deduplicate(self.dedup, keys_store, partition_batch(number, items))
+                self.lookups_spared_total += keys_store.spared
+                until[number] = max(part.stored_until, newest_time(fresh))
                 remembered += keys
                 processors = self.partitions[number].processors
                 missing = processors.missing(fresh)
@@ -226,7 +241,7 @@ class Worker:
                 derived.extend(out)
                 self.writes.take(processors)
                 fresh_batches.append(fresh)
-            await self._store(fresh_batches, derived, ends)
+            await self._store(fresh_batches, derived, ends, until=until)
         except Exception as exc:
             self.dedup.forget(remembered)
             self.writes.drop()
@@ -246,19 +261,29 @@ class Worker:
         derived: Derived,
         ends: dict[int, int],
         then: Callable[[Connection], Awaitable[None]] | None = None,
+        until: dict[int, int] | None = None,
     ) -> None:
         """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions
-        (and what ``then`` writes on the transaction's connection)."""
+        (and what ``then`` writes on the transaction's connection); ``until`` has the partitions'
+        newest stored event times after it."""
         checkpoints = []
         for number, end in ends.items():
             part = self.partitions[number]
             derived.twins += part.processors.take_dirty()
             part.processors.twins.take_registered()
             end = max(end, part.next_offset)
-            checkpoints.append(PartitionCheckpoint(number, end, part.processors.snapshot()))
+            stored_until = max(part.stored_until, (until or {}).get(number, NOTHING))
+            state = part.processors.snapshot()
+            checkpoints.append(
+                PartitionCheckpoint(
+                    number, end, state, stored_until, self.bounds.partitions, part.next_offset
+                )
+            )
         await self.checkpoints.commit(batches, derived, checkpoints, self.clock.now_us(), then)
         for cp in checkpoints:
-            self.partitions[cp.partition].next_offset = cp.next_offset
+            part = self.partitions[cp.partition]
+            part.next_offset = cp.next_offset
+            part.stored_until = cp.stored_until if cp.stored_until is not None else NOTHING
 
     # -- wall-clock timers --------------------------------------------------------------------
 
