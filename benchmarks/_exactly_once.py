@@ -88,6 +88,7 @@ class Acks:
 
     accepted: Counter[Key] = field(default_factory=Counter)
     requests: int = 0
+    refused: int = 0  # answers other than 202 (the request is sent again)
     wrong_rejections: list[str] = field(default_factory=list)
 
     def take(self, keys: list[Key | None], body: bytes) -> None:
@@ -136,3 +137,31 @@ def check_stored(acks: Acks, stored_rows: list[tuple[str, str, int]]) -> Verdict
         doubled=sum(1 for n in stored.values() if n > 1),
         unexpected=len(stored.keys() - acknowledged),
     )
+
+
+def locate(bootstrap: str, topic: str, keys: set[Key]) -> dict[tuple[int, int], int]:
+    """(partition, offset) of the Kafka messages holding ``keys``, with how many of them each holds."""
+    from confluent_kafka import Consumer
+
+    from fleetstream.adapters.bus.codec import read_pack
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"locate-{id(keys)}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    found: Counter[tuple[int, int]] = Counter()
+    idle = 0
+    try:
+        while idle < 5:
+            messages = consumer.consume(1000, 1.0)
+            idle = 0 if messages else idle + 1
+            for m in messages:
+                if m.error() is not None:
+                    continue
+                pack = read_pack(m.value() or b"")
+                for key in zip(pack.device_id, pack.sensor, pack.ts, strict=True):
+                    if key in keys:
+                        found[(m.partition(), m.offset())] += 1
+    finally:
+        consumer.close()
+    return dict(found)

@@ -49,7 +49,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from _cluster_stages import gateway_batches, pipeline_messages, stage_costs
-from _exactly_once import Acks, Load, Verdict, check_stored, make_load
+from _exactly_once import Acks, Load, Verdict, check_stored, locate, make_load
 from _harness import cpu_of, start_fleetstream, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests.servers
@@ -126,6 +126,8 @@ async def post_all(
             while (
                 response := await client.post(url, content=load.bodies[n], headers=headers)
             ).status_code != 202:
+                if acks is not None:
+                    acks.refused += 1
                 await asyncio.sleep(0.1)
             if acks is not None:
                 acks.take(load.keys[n], response.content)
@@ -216,6 +218,17 @@ def run_cluster(
             after = cpu_seconds(pids)
             rows = con.execute("SELECT device_id, sensor, ts FROM readings").fetchall()
         verdict = check_stored(acks, rows)
+        print(f"{end:,} messages in the log; {acks.refused} requests were refused (and sent again)")
+        if verdict.missing:  # where they are in the log, beside the partitions' checkpoints
+            missing = set(acks.accepted) - {tuple(r) for r in rows}
+            found = locate(tansu.bootstrap, "readings", missing)
+            lost = len(missing) - sum(found.values())
+            print(f"missing readings by (partition, offset): {found}; {lost} not in the log")
+            with psycopg.connect(store, autocommit=True) as con:
+                cps = con.execute(
+                    "SELECT partition, next_offset FROM partition_checkpoints ORDER BY 1"
+                ).fetchall()
+            print("checkpoints:", cps)
         assert not acks.wrong_rejections, acks.wrong_rejections[:3]
     finally:
         for p in [gateway, *workers]:
