@@ -95,6 +95,7 @@ class Worker:
         self.batches_total = 0
         self.readings_total = 0
         self.skipped_total = 0
+        self.gaps_total = 0
         self.lookups_spared_total = 0  # keys below the dedup horizon known new without a store lookup
         self.bounds = PartitionBounds(self.bus, self.store, self.checkpoints.topic)
         self._lock = asyncio.Lock()  # batches, timers and rebalances change partitions one at a time
@@ -209,6 +210,7 @@ class Worker:
         """Process and store one Kafka batch: what it stored, or None (after rewinding it) if that failed."""
         pieces: dict[int, list[tuple[int, Pack]]] = defaultdict(list)
         ends: dict[int, int] = {}
+        seen: dict[int, int] = {}
         for record in taken.records:
             part = self.partitions.get(record.partition)
             if part is None:
@@ -217,6 +219,17 @@ class Worker:
             if record.offset < part.next_offset:
                 self.skipped_total += 1  # stored and checkpointed before a worker died
                 continue
+            expected = seen.get(record.partition, part.next_offset)
+            if record.offset != expected:
+                self.gaps_total += 1  # records the checkpoint will claim but this worker never had
+                log.error(
+                    "worker %s: partition %d: offset %d handed out after %d",
+                    self.worker_id,
+                    record.partition,
+                    record.offset,
+                    expected,
+                )
+            seen[record.partition] = record.offset + 1
             if record.piece is not None:
                 pieces[record.partition].append((record.offset, record.piece))
         now = self.clock.now_us()
