@@ -97,9 +97,14 @@ def broker_rates(bootstrap: str, messages: list[tuple[int, bytes]], partitions: 
 
 def log_end(bootstrap: str, topic: str, partitions: int) -> int:
     """The sum of the topic's partitions' end offsets (messages in the log)."""
+    return sum(log_ends(bootstrap, topic, partitions).values())
+
+
+def log_ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """Each partition's end offset."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:8]}"})
     try:
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(partitions))
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(partitions)}
     finally:
         consumer.close()
 
@@ -220,6 +225,13 @@ def run_cluster(
         verdict = check_stored(acks, rows)
         print(f"{end:,} messages in the log; {acks.refused} requests were refused (and sent again)")
         if verdict.missing:  # where they are in the log, beside the partitions' checkpoints
+            time.sleep(5)  # still coming (the log's end read too early)? Then they are there now
+            with psycopg.connect(store, autocommit=True) as con:
+                later = check_stored(
+                    acks, con.execute("SELECT device_id, sensor, ts FROM readings").fetchall()
+                )
+            ends = log_ends(tansu.bootstrap, "readings", args.partitions)
+            print(f"5 s later: {later}; the log's ends now {ends}")
             missing = set(acks.accepted) - {tuple(r) for r in rows}
             found = locate(tansu.bootstrap, "readings", missing)
             lost = len(missing) - sum(found.values())
