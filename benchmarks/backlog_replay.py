@@ -111,6 +111,13 @@ def main() -> None:
                 assert time.perf_counter() - started < args.timeout, "timed out"
                 assert worker.poll() is None, "the worker exited"
                 time.sleep(0.1)
+            # Tansu's end offset is its last record batch's first offset + 1: wait for the rows too
+            count, since = -1, time.perf_counter()
+            while count < args.readings and time.perf_counter() - since < 5:
+                now = con.execute("SELECT count(*) FROM readings").fetchone()[0]  # type: ignore[index]
+                if now != count:
+                    count, since = now, time.perf_counter()
+                time.sleep(0.05)
             elapsed = time.perf_counter() - started
             worker_cpu = cpu_of(worker.pid).total_s
             pg_cpu = sum(cpu_of(p).total_s for p in postgres_pids(pg.proc.pid))
