@@ -13,10 +13,16 @@ What it measures, in one run on a throwaway Tansu broker and PostgreSQL (``tests
   to the broker's consume rate, and the CPU seconds of every process over that window;
 - the CPU cost per reading of each Python stage on the same load, timed in this process
   (``_cluster_stages.py``), so the bottleneck is named with numbers;
-- with ``--embedded``, ``fleetstream up`` (DuckDB, in-process bus) posted the same requests.
+- with ``--embedded``, ``fleetstream up`` (DuckDB, in-process bus) posted the same requests;
+- exactly once: the load re-sends ``--duplicates`` of its readings and mixes in ``--invalid``
+  items the gateway rejects by index; every 202's ``rejected`` list is kept, and at the end the
+  readings table must hold every acknowledged reading once and nothing else (``_exactly_once.py``;
+  the run fails otherwise). ``--kill-worker F`` SIGKILLs the first worker once F of the requests
+  are acknowledged and starts a new one in its place (the survivor takes its partitions over, the
+  newcomer rejoins; the killed worker's CPU is then missing from the CPU table).
 
     PYTHONPATH=src .venv/bin/python benchmarks/cluster_e2e.py [--readings 200000] [--workers 2]
-        [--profile DIR] [--embedded]
+        [--profile DIR] [--embedded] [--duplicates 0.02] [--invalid 0.001] [--kill-worker 0.5]
 
 ``--profile DIR`` runs the gateway and the first worker under cProfile (DIR/gateway.prof,
 DIR/worker.prof) and prints each one's top functions by own time.
@@ -29,45 +35,27 @@ import asyncio
 import contextlib
 import os
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import msgspec
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from _cluster_stages import gateway_batches, pipeline_messages, stage_costs
+from _exactly_once import Acks, Load, Verdict, check_stored, locate, make_load
 from _harness import cpu_of, start_fleetstream, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests.servers
 from tests.servers import Postgres, Tansu, free_port
 
-BASE = datetime(2024, 6, 1, tzinfo=UTC)
 DEVICES = 1000
-
-
-def bodies(readings: int, per_request: int, spacing_ms: float = 10.0) -> list[bytes]:
-    """Requests of one-reading messages, devices round-robin, ``spacing_ms`` apart per device.
-
-    The event times of the whole load span readings / DEVICES × spacing: at the default 10 ms,
-    2 s for 200,000 readings, inside the workers' 35 s dedup memory as a live fleet's are (at 1 s,
-    200 s of event time pass in seconds, like a replayed backlog: every batch then also asks
-    PostgreSQL about keys older than the memory's horizon).
-    """
-    out = []
-    for first in range(0, readings, per_request):
-        items = []
-        for i in range(first, min(first + per_request, readings)):
-            ts = (BASE + timedelta(milliseconds=i // DEVICES * spacing_ms)).isoformat().replace("+00:00", "Z")
-            items.append({"device_id": f"dev-{i % DEVICES}", "timestamp": ts, "sensor": "t", "value": i % 97})
-        out.append(msgspec.json.encode(items))
-    return out
 
 
 def broker_rates(bootstrap: str, messages: list[tuple[int, bytes]], partitions: int) -> tuple[float, float]:
@@ -109,23 +97,48 @@ def broker_rates(bootstrap: str, messages: list[tuple[int, bytes]], partitions: 
 
 def log_end(bootstrap: str, topic: str, partitions: int) -> int:
     """The sum of the topic's partitions' end offsets (messages in the log)."""
+    return sum(log_ends(bootstrap, topic, partitions).values())
+
+
+def log_ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """Each partition's end offset."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:8]}"})
     try:
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(partitions))
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(partitions)}
     finally:
         consumer.close()
 
 
-async def post_all(url: str, requests: list[bytes], senders: int) -> float:
-    """Post every request (again after a non-202); returns when it started (perf_counter)."""
-    queue = list(reversed(requests))
+async def post_all(
+    url: str,
+    load: Load,
+    senders: int,
+    acks: Acks | None = None,
+    at: tuple[int, Callable[[], None]] | None = None,
+) -> float:
+    """Post every request (again after a non-202); returns when it started (perf_counter).
+
+    Each 202 goes to ``acks``; ``at`` = (n, action) runs the action once n requests are acknowledged.
+    """
+    queue = list(reversed(range(len(load.bodies))))
     headers = {"content-type": "application/json"}
+    done = 0
 
     async def sender(client: httpx.AsyncClient) -> None:
+        nonlocal done
         while queue:
-            body = queue.pop()
-            while (await client.post(url, content=body, headers=headers)).status_code != 202:
+            n = queue.pop()
+            while (
+                response := await client.post(url, content=load.bodies[n], headers=headers)
+            ).status_code != 202:
+                if acks is not None:
+                    acks.refused += 1
                 await asyncio.sleep(0.1)
+            if acks is not None:
+                acks.take(load.keys[n], response.content)
+            done += 1
+            if at is not None and done == at[0]:
+                at[1]()
 
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=60) as client:
@@ -151,8 +164,8 @@ def postgres_pids(postmaster: int) -> list[int]:
 
 
 def run_cluster(
-    args: argparse.Namespace, requests: list[bytes], tansu: Tansu, pg: Postgres
-) -> dict[str, float]:
+    args: argparse.Namespace, load: Load, tansu: Tansu, pg: Postgres
+) -> tuple[dict[str, float], Verdict]:
     store = pg.create_database()
     bus = f"kafka://{tansu.bootstrap}/readings?partitions={args.partitions}"
     env = {**os.environ, "FLEETSTREAM_LOG_LEVEL": args.log_level}
@@ -188,7 +201,15 @@ def run_cluster(
             "load generator": [os.getpid()],
         }
         before = cpu_seconds(pids)
-        started = asyncio.run(post_all(f"{url}/api/v1/telemetry", requests, args.senders))
+        acks = Acks()
+
+        def kill_and_replace() -> None:
+            workers[0].send_signal(signal.SIGKILL)
+            print(f"SIGKILLed worker {workers[0].pid} after {acks.requests:,} requests; starting another")
+            workers.append(subprocess.Popen(command("worker", None, "--store", store), env=env))
+
+        at = (round(args.kill_worker * len(load.bodies)), kill_and_replace) if args.kill_worker else None
+        started = asyncio.run(post_all(f"{url}/api/v1/telemetry", load, args.senders, acks, at))
         acked = time.perf_counter() - started
         end = log_end(tansu.bootstrap, "readings", args.partitions)
         with psycopg.connect(store, autocommit=True) as con:
@@ -198,25 +219,46 @@ def run_cluster(
             checkpointed = "SELECT coalesce(sum(next_offset), 0) FROM partition_checkpoints"
             while con.execute(checkpointed).fetchone()[0] < end:  # type: ignore[index]
                 time.sleep(0.02)
+            # Tansu reports a partition's end as the first offset of its last record batch + 1, not
+            # the last offset + 1: the checkpoints can reach that "end" a few messages early. So
+            # wait for the readings themselves too, until there are all or none came for 5 s.
+            wanted, count, since = len(acks.accepted), -1, time.perf_counter()
+            while count < wanted and time.perf_counter() - since < 5:
+                now = con.execute("SELECT count(*) FROM readings").fetchone()[0]  # type: ignore[index]
+                if now != count:
+                    count, since = now, time.perf_counter()
+                time.sleep(0.05)
             stored = time.perf_counter() - started
             after = cpu_seconds(pids)
-            count = con.execute("SELECT count(*) FROM readings").fetchone()[0]  # type: ignore[index]
-        assert count == args.readings, f"{count} readings stored, {args.readings} sent"
+            rows = con.execute("SELECT device_id, sensor, ts FROM readings").fetchall()
+        verdict = check_stored(acks, rows)
+        print(f"{acks.refused} requests were refused (and sent again)")
+        if verdict.missing:  # where they are in the log, beside the partitions' checkpoints
+            missing = set(acks.accepted) - {tuple(r) for r in rows}
+            found = locate(tansu.bootstrap, "readings", missing)
+            lost = len(missing) - sum(found.values())
+            print(f"missing readings by (partition, offset): {found}; {lost} not in the log")
+            with psycopg.connect(store, autocommit=True) as con:
+                cps = con.execute(
+                    "SELECT partition, next_offset FROM partition_checkpoints ORDER BY 1"
+                ).fetchall()
+            print("checkpoints:", cps)
+        assert not acks.wrong_rejections, acks.wrong_rejections[:3]
     finally:
         for p in [gateway, *workers]:
             p.terminate()
         for p in [gateway, *workers]:
             p.wait(30)
     cpu = {f"CPU s: {name}": after[name] - before[name] for name in pids}
-    return {"acked_s": acked, "stored_s": stored, **cpu}
+    return {"acked_s": acked, "stored_s": stored, **cpu}, verdict
 
 
-def run_embedded(requests: list[bytes], senders: int) -> float:
+def run_embedded(load: Load, senders: int) -> float:
     """Seconds for ``fleetstream up`` to acknowledge (durably) every request."""
     with tempfile.TemporaryDirectory() as data:
         server = start_fleetstream(Path(data), Path(data) / "up.log")
         try:
-            started = asyncio.run(post_all(f"{server.url}/api/v1/telemetry", requests, senders))
+            started = asyncio.run(post_all(f"{server.url}/api/v1/telemetry", load, senders))
             return time.perf_counter() - started
         finally:
             server.stop()
@@ -238,24 +280,34 @@ def main() -> None:
     parser.add_argument("--embedded", action="store_true", help="also run fleetstream up on the same load")
     parser.add_argument("--spacing-ms", type=float, default=10.0, help="a device's readings' spacing")
     parser.add_argument("--log-level", default="warning", help="of the gateway and the workers")
+    parser.add_argument("--duplicates", type=float, default=0.02, help="share of readings re-sent")
+    parser.add_argument("--invalid", type=float, default=0.001, help="chance of an invalid item per reading")
+    parser.add_argument(
+        "--kill-worker",
+        type=float,
+        help="SIGKILL the first worker after this share of requests, start another",
+    )
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    requests = bodies(args.readings, args.batch, args.spacing_ms)
+    load = make_load(args.readings, args.batch, DEVICES, args.spacing_ms, args.duplicates, args.invalid)
+    requests = load.bodies
     messages = pipeline_messages(gateway_batches(requests), args.partitions)
     n, size = len(messages), sum(len(v) for _, v in messages) / len(messages)
     tansu, pg = Tansu.launch(), Postgres.launch()
     try:
         produce_s, consume_s = broker_rates(tansu.bootstrap, messages, args.partitions)
-        cluster = run_cluster(args, requests, tansu, pg)
+        cluster, verdict = run_cluster(args, load, tansu, pg)
     finally:
         tansu.close()
         pg.close()
-    embedded_s = run_embedded(requests, args.senders) if args.embedded else None
+    embedded_s = run_embedded(load, args.senders) if args.embedded else None
     r = args.readings
     e2e, consume = r / cluster["stored_s"], r / consume_s
     print(f"{r:,} readings, {len(requests):,} requests of {args.batch}, {DEVICES} devices; {n:,} Kafka")
     print(f"messages of {size:,.0f} bytes on average ({r / n:,.1f} readings each); {args.workers} workers")
+    print(f"the load also re-sent {load.resent:,} readings and held {load.invalid:,} invalid items")
+    print(verdict)
     rows: list[list[object]] = [
         ["broker alone: produce (confluent-kafka)", f"{r / produce_s:,.0f}", f"{n / produce_s:,.0f}", ""],
         ["broker alone: consume (confluent-kafka)", f"{consume:,.0f}", f"{n / consume_s:,.0f}", "1"],
@@ -297,6 +349,8 @@ def main() -> None:
         for name in ("gateway.prof", "worker.prof"):
             if (args.profile / name).exists():
                 print_profile(args.profile / name, 18)
+    if not verdict.exactly_once:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

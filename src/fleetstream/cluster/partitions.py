@@ -26,6 +26,7 @@ from fleetstream.adapters.bus.codec import Pack, join_packs
 from fleetstream.adapters.store import postgres_derived
 from fleetstream.adapters.store.postgres import Connection, PostgresStore, write_batch
 from fleetstream.domain.batch import Batch
+from fleetstream.errors import StoreError
 from fleetstream.ports import Derived
 
 MAX_PARTITIONS = 1 << 8
@@ -39,17 +40,34 @@ CREATE TABLE IF NOT EXISTS partition_checkpoints (
     state       BYTEA   NOT NULL,
     written_at  BIGINT  NOT NULL,
     PRIMARY KEY (topic, partition)
-)
+);
+ALTER TABLE partition_checkpoints ADD COLUMN IF NOT EXISTS stored_until BIGINT;
+ALTER TABLE partition_checkpoints ADD COLUMN IF NOT EXISTS partitions INTEGER
 """
+
+
+class CheckpointMoved(StoreError):
+    """A partition's stored checkpoint is no longer the one this worker's state started from:
+    another worker took the partition over and stored past it (this one lost the partition, e.g.
+    stalled longer than the group's session timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
 class PartitionCheckpoint:
-    """A partition's processor state and the offset of the first record it does not reflect."""
+    """A partition's processor state and the offset of the first record it does not reflect.
+
+    ``stored_until`` is the newest event time the partition ever stored, under the topic's
+    ``partitions`` count (:mod:`.stored_bound`). ``since``, when writing, is the offset of the
+    checkpoint the state started from: the write fails with :class:`CheckpointMoved` if the stored
+    one is no longer at it, so two workers never both store a partition's records.
+    """
 
     partition: int
     next_offset: int
     state: bytes
+    stored_until: int | None = None
+    partitions: int | None = None
+    since: int | None = None
 
 
 def log_position(partition: int, offset: int, index: int) -> int:
@@ -94,11 +112,14 @@ class PartitionStore:
         """The partition's checkpoint, if it has one."""
         async with self.store._writing() as con:
             cur = await con.execute(
-                "SELECT next_offset, state FROM partition_checkpoints WHERE topic = %s AND partition = %s",
+                """SELECT next_offset, state, stored_until, partitions FROM partition_checkpoints
+                   WHERE topic = %s AND partition = %s""",
                 [self.topic, partition],
             )
             row = await cur.fetchone()
-        return None if row is None else PartitionCheckpoint(partition, int(row[0]), bytes(row[1]))
+        if row is None:
+            return None
+        return PartitionCheckpoint(partition, int(row[0]), bytes(row[1]), row[2], row[3])
 
     async def commit(
         self,
@@ -116,12 +137,27 @@ class PartitionStore:
                     await write_batch(con, batch)
             await postgres_derived.write_derived(con, derived, None)
             for cp in checkpoints:
-                await con.execute(
-                    """INSERT INTO partition_checkpoints (topic, partition, next_offset, state, written_at)
-                       VALUES (%s, %s, %s, %s, %s)
+                cur = await con.execute(
+                    """INSERT INTO partition_checkpoints
+                           (topic, partition, next_offset, state, written_at, stored_until, partitions)
+                       VALUES (%(topic)s, %(partition)s, %(next)s, %(state)s, %(now)s, %(until)s, %(count)s)
                        ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
-                           state = EXCLUDED.state, written_at = EXCLUDED.written_at""",
-                    [self.topic, cp.partition, cp.next_offset, cp.state, now_us],
+                           state = EXCLUDED.state, written_at = EXCLUDED.written_at,
+                           stored_until = EXCLUDED.stored_until, partitions = EXCLUDED.partitions
+                       WHERE %(since)s::bigint IS NULL OR partition_checkpoints.next_offset = %(since)s""",
+                    {
+                        "topic": self.topic,
+                        "partition": cp.partition,
+                        "next": cp.next_offset,
+                        "state": cp.state,
+                        "now": now_us,
+                        "until": cp.stored_until,
+                        "count": cp.partitions,
+                        "since": cp.since,
+                    },
                 )
+                if cur.rowcount != 1:  # the transaction rolls back: nothing of the batch is stored
+                    msg = f"partition {cp.partition}'s checkpoint moved on from offset {cp.since}: taken over"
+                    raise CheckpointMoved(msg)
             if then is not None:
                 await then(con)

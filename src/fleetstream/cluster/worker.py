@@ -42,6 +42,7 @@ from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
 from fleetstream.cluster.risks import write_risks
+from fleetstream.cluster.stored_bound import NOTHING, BoundedKeyStore, PartitionBounds, newest_time
 from fleetstream.cluster.worker_models import WorkerModels
 from fleetstream.cluster.worker_rules import WorkerRules
 from fleetstream.config import Settings
@@ -60,12 +61,16 @@ WORKER_GROUP = "fleetstream-workers"
 
 
 class _Partition:
-    """One assigned partition: its processors and the offset of the first record they have not seen."""
+    """One assigned partition: its processors, the offset of the first record they have not seen and
+    the newest event time it stored (:mod:`.stored_bound`)."""
 
-    def __init__(self, number: int, processors: StreamProcessors, next_offset: int) -> None:
+    def __init__(
+        self, number: int, processors: StreamProcessors, next_offset: int, stored_until: int = NOTHING
+    ) -> None:
         self.number = number
         self.processors = processors
         self.next_offset = next_offset
+        self.stored_until = stored_until
 
 
 class Worker:
@@ -95,6 +100,9 @@ class Worker:
         self.batches_total = 0
         self.readings_total = 0
         self.skipped_total = 0
+        self.gaps_total = 0
+        self.lookups_spared_total = 0  # keys below the dedup horizon known new without a store lookup
+        self.bounds = PartitionBounds(self.bus, self.store, self.checkpoints.topic)
         self._lock = asyncio.Lock()  # batches, timers and rebalances change partitions one at a time
         self._task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
@@ -151,8 +159,10 @@ class Worker:
 
     async def _assigned(self, partitions: list[int]) -> None:
         async with self._lock:
+            await self.bounds.rebalanced()
             for number in partitions:
                 self.partitions[number] = await self._restore(number)
+            self.bounds.settled()
             await self._remember_recent()
         log.info("worker %s: took partitions %s", self.worker_id, partitions)
 
@@ -167,12 +177,13 @@ class Worker:
         self.writes.configure(processors)
         self.models.configure(processors)
         saved = await self.checkpoints.load(number)
+        until = await self.bounds.restored(saved)
         if saved is None:
-            return _Partition(number, processors, 0)
+            return _Partition(number, processors, 0, until)
         resident = await self.store.load_twins(StreamProcessors.resident_ids(saved.state))
         processors.restore(saved.state, resident)
         log.info("worker %s: partition %d restored at offset %d", self.worker_id, number, saved.next_offset)
-        return _Partition(number, processors, saved.next_offset)
+        return _Partition(number, processors, saved.next_offset, until)
 
     async def _remember_recent(self) -> None:
         """Load the dedup keys stored recently (by whichever worker): re-sends of them are dropped."""
@@ -206,6 +217,7 @@ class Worker:
         """Process and store one Kafka batch: what it stored, or None (after rewinding it) if that failed."""
         pieces: dict[int, list[tuple[int, Pack]]] = defaultdict(list)
         ends: dict[int, int] = {}
+        seen: dict[int, int] = {}
         for record in taken.records:
             part = self.partitions.get(record.partition)
             if part is None:
@@ -214,15 +226,31 @@ class Worker:
             if record.offset < part.next_offset:
                 self.skipped_total += 1  # stored and checkpointed before a worker died
                 continue
+            expected = seen.get(record.partition, part.next_offset)
+            if record.offset != expected:
+                self.gaps_total += 1  # records the checkpoint will claim but this worker never had
+                log.error(
+                    "worker %s: partition %d: offset %d handed out after %d",
+                    self.worker_id,
+                    record.partition,
+                    record.offset,
+                    expected,
+                )
+            seen[record.partition] = record.offset + 1
             if record.piece is not None:
                 pieces[record.partition].append((record.offset, record.piece))
         now = self.clock.now_us()
         fresh_batches: list[Batch] = []
         remembered: list[DedupKey] = []
         derived = Derived()
+        until: dict[int, int] = {}
         try:
             for number, items in pieces.items():
-                fresh, keys = await deduplicate(self.dedup, self.store, partition_batch(number, items))
+                part = self.partitions[number]
+                keys_store = BoundedKeyStore(self.store, part.stored_until)
+                fresh, keys = await deduplicate(self.dedup, keys_store, partition_batch(number, items))
+                self.lookups_spared_total += keys_store.spared
+                until[number] = max(part.stored_until, newest_time(fresh))
                 remembered += keys
                 processors = self.partitions[number].processors
                 missing = processors.missing(fresh)
@@ -233,7 +261,7 @@ class Worker:
                 derived.extend(out)
                 self.writes.take(processors)
                 fresh_batches.append(fresh)
-            await self._store(fresh_batches, derived, ends)
+            await self._store(fresh_batches, derived, ends, until=until)
         except Exception as exc:
             self.dedup.forget(remembered)
             self.writes.drop()
@@ -253,9 +281,11 @@ class Worker:
         derived: Derived,
         ends: dict[int, int],
         then: Callable[[Connection], Awaitable[None]] | None = None,
+        until: dict[int, int] | None = None,
     ) -> None:
         """The one transaction of a batch: readings, derived rows, checkpoints of ``ends``' partitions
-        (and what ``then`` writes on the transaction's connection)."""
+        (and what ``then`` writes on the transaction's connection); ``until`` has the partitions'
+        newest stored event times after it."""
         checkpoints = []
         scored = []
         for number, end in ends.items():
@@ -264,7 +294,13 @@ class Worker:
             part.processors.twins.take_registered()
             scored += self.models.take(part.processors)
             end = max(end, part.next_offset)
-            checkpoints.append(PartitionCheckpoint(number, end, part.processors.snapshot()))
+            stored_until = max(part.stored_until, (until or {}).get(number, NOTHING))
+            state = part.processors.snapshot()
+            checkpoints.append(
+                PartitionCheckpoint(
+                    number, end, state, stored_until, self.bounds.partitions, part.next_offset
+                )
+            )
 
         async def also(con: Connection) -> None:
             await write_risks(con, scored)  # the risks the twins show (docs/prediction.md)
@@ -273,7 +309,9 @@ class Worker:
 
         await self.checkpoints.commit(batches, derived, checkpoints, self.clock.now_us(), also)
         for cp in checkpoints:
-            self.partitions[cp.partition].next_offset = cp.next_offset
+            part = self.partitions[cp.partition]
+            part.next_offset = cp.next_offset
+            part.stored_until = cp.stored_until if cp.stored_until is not None else NOTHING
 
     # -- wall-clock timers --------------------------------------------------------------------
 
