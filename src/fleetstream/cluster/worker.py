@@ -280,7 +280,7 @@ class Worker:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.engine.flush_interval_s)
-            self.live.stats({n: part.processors.stats for n, part in self.partitions.items()})
+            self.live.stats({n: part.processors for n, part in self.partitions.items()})
             try:
                 await self.tick()
             except asyncio.CancelledError:
