@@ -52,11 +52,14 @@ from fleetstream.domain.records import DedupKey
 from fleetstream.domain.windows import ALL_DEVICES
 from fleetstream.engine.dedup_stage import deduplicate
 from fleetstream.engine.processors import StreamProcessors
+from fleetstream.errors import StoreError
 from fleetstream.ports import READINGS_TOPIC, Derived
 
 log = logging.getLogger(__name__)
 
 WORKER_GROUP = "fleetstream-workers"
+RESTORE_RETRY_S = 0.5  # first wait for an unreachable store when restoring after a failed batch
+RESTORE_RETRY_MAX_S = 10.0
 
 
 class _Partition:
@@ -174,6 +177,25 @@ class Worker:
         log.info("worker %s: partition %d restored at offset %d", self.worker_id, number, saved.next_offset)
         return _Partition(number, processors, saved.next_offset)
 
+    async def _restore_when_reachable(self, number: int) -> _Partition:
+        """Restore a partition after a failed batch, waiting while the store is unreachable (the
+        usual cause of the failure): raised from here, the error would end the consumer loop and
+        leave this worker in the group processing nothing."""
+        delay = RESTORE_RETRY_S
+        while True:
+            try:
+                return await self._restore(number)
+            except StoreError as exc:
+                log.warning(
+                    "worker %s: cannot restore partition %d yet, retrying in %.1f s: %s",
+                    self.worker_id,
+                    number,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTORE_RETRY_MAX_S)
+
     async def _remember_recent(self) -> None:
         """Load the dedup keys stored recently (by whichever worker): re-sends of them are dropped."""
         _, newest = await self.store.log_position()
@@ -237,10 +259,10 @@ class Worker:
         except Exception as exc:
             self.dedup.forget(remembered)
             self.writes.drop()
+            log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.record_count, exc)
             for number in ends:
                 if number in self.partitions:
-                    self.partitions[number] = await self._restore(number)
-            log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.record_count, exc)
+                    self.partitions[number] = await self._restore_when_reachable(number)
             await taken.fail(exc)
             return None
         self.batches_total += 1
