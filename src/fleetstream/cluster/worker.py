@@ -40,6 +40,7 @@ from fleetstream.adapters.store.postgres import Connection, PostgresStore
 from fleetstream.cluster.adapters import kafka_bus, postgres_store
 from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
+from fleetstream.cluster.outage import OutageLog
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
 from fleetstream.cluster.risks import write_risks
 from fleetstream.cluster.worker_models import WorkerModels
@@ -300,6 +301,7 @@ class Worker:
     # -- wall-clock timers --------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
+        outage = OutageLog(log, f"worker {self.worker_id}: timers")
         while True:
             await asyncio.sleep(self.settings.engine.flush_interval_s)
             self.live.stats({n: part.processors for n, part in self.partitions.items()})
@@ -307,8 +309,13 @@ class Worker:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # PostgreSQL away: once in the log, not every second
+                outage.failed(exc)
+                continue
             except Exception:
                 log.exception("worker %s: storing what the timers emitted failed; retrying", self.worker_id)
+                continue
+            outage.succeeded()
 
     async def tick(self) -> None:
         """Let the wall clock act on every partition (idle windows close, silent devices change
