@@ -164,7 +164,10 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Run everything in one process: HTTP API, ingest, processors, DuckDB store, simulator.
+    """Run everything in one process: HTTP API, ingest, processors, store, simulator.
+
+    The store is a DuckDB file under --data, or PostgreSQL with --store postgresql://...
+    With --bus kafka://... too, this process is a gateway, a worker and an api (docs/deploy.md).
 
     With --mqtt, devices may also publish to an MQTT broker (QoS 1, acknowledged once stored).
     Open http://127.0.0.1:8000 (API docs at /docs). Ctrl-C stops cleanly: every

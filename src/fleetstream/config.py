@@ -12,6 +12,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import (
@@ -218,6 +219,7 @@ def load_settings(**overrides: Any) -> Settings:
         msg = f"invalid settings: {problems}"
         raise ConfigError(msg) from None
     _check_bind(settings)
+    _check_urls(settings)
     if settings.mqtt:
         parse_mqtt_url(settings.mqtt)
         TopicFilter.parse(settings.mqtt_topic)
@@ -238,6 +240,22 @@ def load_settings(**overrides: Any) -> Settings:
         )
         raise ConfigError(msg)
     return settings
+
+
+def _check_urls(settings: Settings) -> None:
+    """Refuse a bus or store URL no adapter takes before any process starts, so every command
+    says what is wrong instead of failing with a traceback halfway through its startup."""
+    from fleetstream.adapters import BUSES, STORES
+
+    for kind, url, registry in (("bus", settings.bus, BUSES), ("store", settings.store_url, STORES)):
+        if urlsplit(url).scheme not in registry:
+            known = ", ".join(f"{s}://" for s in registry)
+            msg = f"unknown {kind} URL {url!r}: expected one of {known}"
+            raise ConfigError(msg)
+    if urlsplit(settings.bus).scheme == "kafka":
+        from fleetstream.adapters.bus.kafka import parse_bus_url  # imports the Kafka client
+
+        parse_bus_url(settings.bus)
 
 
 def _check_stream(stream: StreamSettings) -> None:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from fleetstream.cluster.fleet import merge_partials, partial_key, tag_partials
-from fleetstream.cluster.live import merge_stats
+from fleetstream.cluster.live import STATS_TOPIC, LivePublisher, LiveRelay, merge_late, merge_stats
+from fleetstream.config import StreamSettings
 from fleetstream.domain.stats import LiveStats
 from fleetstream.domain.windows import ALL_DEVICES, WindowAggregate
+from fleetstream.engine.processors import StreamProcessors
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
+    from fleetstream.adapters.bus.kafka import KafkaBus
+    from fleetstream.engine.pipeline import Engine
 
 
 def test_live_stats_of_partitions_merge_into_those_of_the_whole_fleet() -> None:
@@ -58,3 +68,45 @@ def test_partial_fleet_windows_merge_into_the_fleet_window() -> None:
     assert (merged.first, merged.last) == (3.0, 5.0)
     assert merged.quantile(0.5) == pytest.approx(whole.quantile(0.5), rel=0.01)
     assert partials[0].count == 3  # the stored partial is left as it was
+
+
+class _Producer:
+    """Stands in for the Kafka producer: keeps what is produced."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        self.sent.append((topic, value))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def test_late_counts_of_every_worker_reach_the_api() -> None:
+    # Two workers, each with its partitions' windows processors; late readings counted there.
+    workers: list[dict[int, StreamProcessors]] = [
+        {0: StreamProcessors(StreamSettings()), 1: StreamProcessors(StreamSettings())},
+        {2: StreamProcessors(StreamSettings())},
+    ]
+    workers[0][0].windows.late_total.update({"temperature": 3})
+    workers[0][1].windows.late_total.update({"temperature": 4, "humidity": 1})
+    workers[1][2].windows.late_total.update({"temperature": 5})
+    workers[1][2].stats.add(["d"], ["temperature"], [1.0], [10])
+    sent: list[tuple[str, bytes]] = []
+    for n, partitions in enumerate(workers):
+        publisher = LivePublisher(cast("KafkaBus", None), f"w{n}")
+        producer = _Producer()
+        publisher._producer = cast("Producer", producer)
+        publisher.stats(partitions)
+        sent += producer.sent
+    api = SimpleNamespace(processors=StreamProcessors(StreamSettings()))
+    relay = LiveRelay(cast("KafkaBus", None), cast("Engine", api))
+
+    for topic, value in sent:
+        relay.deliver(topic, value)
+
+    assert [t for t, _ in sent] == [STATS_TOPIC, STATS_TOPIC]
+    assert api.processors.late_total == {"temperature": 12, "humidity": 1}  # what stats/live shows
+    assert api.processors.stats.readings_total == 1
+    assert merge_late([{"late_total": {"t": 2}}, {}]) == {"t": 2}  # a worker of an older version

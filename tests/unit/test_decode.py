@@ -313,3 +313,18 @@ def test_a_number_too_large_for_a_double_costs_only_its_item() -> None:
     out = decode_body(body, "json", CTX, 10)
     assert out.rejected == [{"index": 0, "error": "value: expected a finite number, got inf"}]
     assert out.batch.value == [2.0]
+
+
+@pytest.mark.parametrize(
+    ("max_future_us", "limit"),
+    [(86_400_000_000, "24 h"), (7_200_000_000, "2 h"), (60_000_000, "60 s"), (5_400_000_000, "5400 s")],
+)
+def test_a_time_too_far_ahead_names_the_limit_readably(max_future_us: int, limit: str) -> None:
+    ahead = (NOW + max_future_us) // 1_000_000 + 1  # epoch seconds, one second past the limit
+    out = decode(
+        [{"device_id": "1", "ts": ahead, "sensor": "t", "value": 1}], DecodeContext(NOW, max_future_us)
+    )
+    assert len(out.messages) == 0
+    assert [r["error"] for r in out.rejected] == [
+        f"ts: {ahead} is more than {limit} ahead of the server clock"
+    ]

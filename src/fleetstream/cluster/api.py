@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 
 _SINGLE_WRITER = re.compile(r"^/api/v1/simulator(/.*)?$")
 _WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+# The raw readings streams: the workers publish windows, events and alerts, not every reading, so
+# on an api these would stay open and silent forever (docs/deploy.md, "Not in cluster mode yet").
+_RAW_STREAMS = re.compile(r"^/api/v1/stream/?$|^/api/devices/[^/]+/messages/?$")
+NO_RAW_STREAM = (
+    "the raw readings stream is not relayed in cluster mode: watch /api/v1/stream/windows?device_id=... "
+    'or /api/v1/stream/events, or query /api/v1/series (docs/deploy.md, "Not in cluster mode yet")'
+)
 NOT_IN_CLUSTER = (
     "the built-in simulator does not run in `fleetstream api`: it runs in `fleetstream up` (also with "
     "--bus kafka://... --store postgresql://...); to load a cluster, run `fleetstream simulate --target "
@@ -113,18 +120,30 @@ async def _forever() -> None:
 
 
 class SingleWriterOnly:
-    """ASGI middleware of ``fleetstream api``: 501 (with the reason) for the simulator's writes."""
+    """ASGI middleware of ``fleetstream api``: what only one process can do, answered with the
+    reason: 501 for the simulator's writes and the raw readings streams, 404 for the simulator's
+    reads (with what to run instead, not the embedded server's hint to start ``up --simulator``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in _WRITES and _SINGLE_WRITER.match(scope["path"]):
-            body = msgspec.json.encode(
-                {"error": {"code": "not_implemented", "message": NOT_IN_CLUSTER, "details": None}}
-            )
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 501, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if _SINGLE_WRITER.match(path):
+                if method in _WRITES:
+                    await _error(send, 501, "not_implemented", NOT_IN_CLUSTER)
+                    return
+                await _error(send, 404, "not_found", NOT_IN_CLUSTER)
+                return
+            if _RAW_STREAMS.match(path):
+                await _error(send, 501, "not_implemented", NO_RAW_STREAM)
+                return
         await self.app(scope, receive, send)
+
+
+async def _error(send: Send, status: int, code: str, message: str) -> None:
+    body = msgspec.json.encode({"error": {"code": code, "message": message, "details": None}})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -24,7 +24,7 @@ from fleetstream.domain.alerts import CLEARED, Alert
 from fleetstream.domain.events import DeviceEvent
 from fleetstream.domain.twin import DeviceTwin
 from fleetstream.engine.pipeline import Engine
-from fleetstream.engine.rule_control import RULES, ZONES, RuleControl
+from fleetstream.engine.rule_control import RuleControl
 from fleetstream.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -60,9 +60,8 @@ class ClusterRuleControl(RuleControl):
                 await self._task
 
     async def refresh(self) -> None:
-        """Take the stored definitions as they are now."""
+        """Take the stored definitions as they are now (if the store fails, keep the last read)."""
         async with self._lock:
-            self.defs = {RULES: {}, ZONES: {}}
             await self.load()
 
     async def _refresh_forever(self) -> None:

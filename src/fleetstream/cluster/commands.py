@@ -164,8 +164,11 @@ def worker(
         ),
     ] = None,
 ) -> None:
-    """Cluster mode: one member of the consumer group fleetstream-workers (dedup, windows, twins,
-    rules, persist to PostgreSQL). Start more to share the partitions; SIGTERM leaves the group cleanly."""
+    """Cluster mode: process the readings topic from Kafka into PostgreSQL, one member of a group.
+
+    A member of the consumer group fleetstream-workers: dedup, windows, twins, rules, persist.
+    Start more to share the partitions; SIGTERM leaves the group cleanly.
+    """
     from fleetstream.cluster.worker import Worker
     from fleetstream.logs import setup_logging
 
@@ -202,8 +205,11 @@ def api(
     port: Annotated[int, typer.Option(envvar="FLEETSTREAM_PORT", help="HTTP port")] = 8000,
     log_level: LogLevelOption = "info",
 ) -> None:
-    """Cluster mode: the HTTP API over the shared PostgreSQL store (queries, fleet windows merged
-    from the workers' partials); ingest publishes to Kafka like a gateway. Run as many as you like."""
+    """Cluster mode: the HTTP API (queries, rules, live streams) over the shared PostgreSQL store.
+
+    Fleet windows are merged from the workers' partials; ingest publishes to Kafka like a gateway.
+    Run as many as you like.
+    """
     settings = _settings(bus=bus, store=store, host=host, port=port, log_level=log_level)
     _check_store(settings)
     _check_port(settings.host, settings.port)

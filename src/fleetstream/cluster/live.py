@@ -34,6 +34,7 @@ from fleetstream.domain.windows import WindowAggregate
 
 if TYPE_CHECKING:
     from fleetstream.engine.pipeline import Engine
+    from fleetstream.engine.processors import StreamProcessors
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,12 @@ class LivePublisher:
         body = {"alerts": [{"kind": c.kind, "alert": c.alert.to_state()} for c in changes]}
         self._send(LIVE_TOPIC, changes[0].alert.device_id, body)
 
-    def stats(self, partitions: dict[int, LiveStats]) -> None:
-        """Publish each partition's live statistics."""
-        states = {str(p): stats.to_state() for p, stats in partitions.items()}
+    def stats(self, partitions: dict[int, StreamProcessors]) -> None:
+        """Publish each partition's live statistics, with its count of late readings per sensor."""
+        states = {
+            str(p): {**procs.stats.to_state(), "late_total": procs.late_total}
+            for p, procs in partitions.items()
+        }
         self._send(STATS_TOPIC, self.worker_id, {"worker": self.worker_id, "partitions": states})
 
     def _send(self, topic: str, key: str, body: dict[str, Any]) -> None:
@@ -130,6 +134,16 @@ def merge_stats(states: list[dict[str, Any]]) -> LiveStats:
         "readings_total": total,
     }
     return LiveStats.from_state(merged)
+
+
+def merge_late(states: list[dict[str, Any]]) -> dict[str, int]:
+    """sensor → late readings of the partitions' statistics together (each partition counts its
+    own devices' readings, checkpointed with its windows, so the sum is the fleet's)."""
+    total: dict[str, int] = {}
+    for state in states:
+        for sensor, n in state.get("late_total", {}).items():
+            total[sensor] = total.get(sensor, 0) + int(n)
+    return total
 
 
 def _combine(into: dict[str, list[Any]], j: int, one: dict[str, Any]) -> None:
@@ -204,6 +218,9 @@ class LiveRelay:
                     self.partials[partition] = (now, state)
                 fresh = [s for heard, s in self.partials.values() if now - heard < STALE_AFTER_S]
                 self.engine.processors.stats = merge_stats(fresh)
+                # /api/v1/stats/live and /metrics read the late counts from the windows processor,
+                # which runs on the workers only: give it theirs.
+                self.engine.processors.windows.late_total = merge_late(fresh)
             elif "windows" in body:
                 self.engine.windows.publish([WindowAggregate.from_state(s) for s in body["windows"]])
             elif "events" in body:

@@ -40,6 +40,7 @@ from fleetstream.adapters.store.postgres import Connection, PostgresStore
 from fleetstream.cluster.adapters import kafka_bus, postgres_store
 from fleetstream.cluster.fleet import tag_partials
 from fleetstream.cluster.live import LivePublisher
+from fleetstream.cluster.outage import OutageLog
 from fleetstream.cluster.partitions import PartitionCheckpoint, PartitionStore, partition_batch
 from fleetstream.cluster.risks import write_risks
 from fleetstream.cluster.stored_bound import NOTHING, BoundedKeyStore, PartitionBounds, newest_time
@@ -53,11 +54,14 @@ from fleetstream.domain.records import DedupKey
 from fleetstream.domain.windows import ALL_DEVICES
 from fleetstream.engine.dedup_stage import deduplicate
 from fleetstream.engine.processors import StreamProcessors
+from fleetstream.errors import StoreError
 from fleetstream.ports import READINGS_TOPIC, Derived
 
 log = logging.getLogger(__name__)
 
 WORKER_GROUP = "fleetstream-workers"
+RESTORE_RETRY_S = 0.5  # first wait for an unreachable store when restoring after a failed batch
+RESTORE_RETRY_MAX_S = 10.0
 
 
 class _Partition:
@@ -185,6 +189,25 @@ class Worker:
         log.info("worker %s: partition %d restored at offset %d", self.worker_id, number, saved.next_offset)
         return _Partition(number, processors, saved.next_offset, until)
 
+    async def _restore_when_reachable(self, number: int) -> _Partition:
+        """Restore a partition after a failed batch, waiting while the store is unreachable (the
+        usual cause of the failure): raised from here, the error would end the consumer loop and
+        leave this worker in the group processing nothing."""
+        delay = RESTORE_RETRY_S
+        while True:
+            try:
+                return await self._restore(number)
+            except StoreError as exc:
+                log.warning(
+                    "worker %s: cannot restore partition %d yet, retrying in %.1f s: %s",
+                    self.worker_id,
+                    number,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTORE_RETRY_MAX_S)
+
     async def _remember_recent(self) -> None:
         """Load the dedup keys stored recently (by whichever worker): re-sends of them are dropped."""
         _, newest = await self.store.log_position()
@@ -265,10 +288,10 @@ class Worker:
         except Exception as exc:
             self.dedup.forget(remembered)
             self.writes.drop()
+            log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.record_count, exc)
             for number in ends:
                 if number in self.partitions:
-                    self.partitions[number] = await self._restore(number)
-            log.error("worker %s: a batch of %d records failed: %s", self.worker_id, taken.record_count, exc)
+                    self.partitions[number] = await self._restore_when_reachable(number)
             await taken.fail(exc)
             return None
         self.batches_total += 1
@@ -316,15 +339,21 @@ class Worker:
     # -- wall-clock timers --------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
+        outage = OutageLog(log, f"worker {self.worker_id}: timers")
         while True:
             await asyncio.sleep(self.settings.engine.flush_interval_s)
-            self.live.stats({n: part.processors.stats for n, part in self.partitions.items()})
+            self.live.stats({n: part.processors for n, part in self.partitions.items()})
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # PostgreSQL away: once in the log, not every second
+                outage.failed(exc)
+                continue
             except Exception:
                 log.exception("worker %s: storing what the timers emitted failed; retrying", self.worker_id)
+                continue
+            outage.succeeded()
 
     async def tick(self) -> None:
         """Let the wall clock act on every partition (idle windows close, silent devices change

@@ -23,6 +23,7 @@ import msgspec
 
 from fleetstream.adapters.store.postgres import Connection
 from fleetstream.cluster import writes
+from fleetstream.cluster.outage import OutageLog
 from fleetstream.cluster.writes import ACK, SHADOW, Command, Outcome
 from fleetstream.domain.alerts import ACKED, AlertChange, AlertNotOpen
 from fleetstream.domain.geometry import Zone
@@ -30,6 +31,7 @@ from fleetstream.domain.rulebook import Rule, parse_rule, parse_zone
 from fleetstream.domain.shadow import ShadowError, VersionMismatch
 from fleetstream.engine.rule_control import RULES, ZONES, webhook_body
 from fleetstream.engine.webhooks import WebhookSender, WebhookSettings
+from fleetstream.errors import StoreError
 from fleetstream.ports import Derived
 
 if TYPE_CHECKING:
@@ -141,6 +143,7 @@ class WorkerRules:
         loop = asyncio.get_running_loop()
         next_rules = loop.time() + RULES_POLL_S
         next_prune = loop.time()
+        outage = OutageLog(log, f"worker {self.worker.worker_id}: rule changes and commands")
         while True:
             await asyncio.sleep(COMMAND_POLL_S)
             try:
@@ -154,8 +157,13 @@ class WorkerRules:
                 await self.apply_commands()
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # PostgreSQL away: once in the log, not ten times a second
+                outage.failed(exc)
+                continue
             except Exception:
                 log.exception("worker %s: rule changes or commands failed; retrying", self.worker.worker_id)
+                continue
+            outage.succeeded()
 
     async def apply_rules(self) -> None:
         """Swap the current rules into every partition's processors and store what that emitted."""

@@ -46,15 +46,22 @@ class RuleControl:
     # -- start -------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the stored definitions (one that no longer parses is skipped, with a warning)."""
+        """Read the stored definitions (one that no longer parses is skipped, with a warning).
+
+        Both kinds are read before anything changes, and then taken at once: a reader between two
+        awaits, or a store that fails halfway, never sees an empty or half-read set.
+        """
+        stored = {kind: await self.engine.store.definitions(kind) for kind in (RULES, ZONES)}
+        defs: dict[str, dict[str, dict[str, Any]]] = {RULES: {}, ZONES: {}}
         for kind in (RULES, ZONES):
-            for def_id, body in (await self.engine.store.definitions(kind)).items():
+            for def_id, body in stored[kind].items():
                 try:
                     _parse(kind, body)
                 except ValueError as exc:
                     log.warning("stored %s %r is skipped: %s", kind[:-1], def_id, exc)
                     continue
-                self.defs[kind][def_id] = body
+                defs[kind][def_id] = body
+        self.defs = defs
         self._rules, self._zones = self._parsed()
         self._hooks = {r.id: r.webhook for r in self._rules if r.webhook}
         self.configure(self.engine.processors)

@@ -130,8 +130,9 @@ def _parse_timestamp(field: str, raw: Any, received_at: int, max_future_us: int)
     else:
         fail(field, f"expected RFC 3339 text or epoch milliseconds, got {shown(raw)}")
     if ts - received_at > max_future_us:
-        hours = max_future_us / 3_600_000_000
-        fail(field, f"{shown(raw)} is more than {hours:g} h ahead of the server clock")
+        hours, rest = divmod(max_future_us, 3_600_000_000)
+        limit = f"{hours} h" if hours and not rest else f"{max_future_us / 1e6:g} s"  # not "0.0166667 h"
+        fail(field, f"{shown(raw)} is more than {limit} ahead of the server clock")
     if not in_range(ts):
         fail(field, f"{shown(raw)} is outside 0001-01-01 to 9999-12-31 UTC")
     return ts
