@@ -23,7 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
 from fleetstream.adapters.bus.kafka import KafkaBus
 from fleetstream.adapters.bus.kafka_subscription import group_config
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 LIVE_TOPIC = "fleetstream-live"
 STATS_TOPIC = "fleetstream-stats"
 STALE_AFTER_S = 5.0  # a partition's statistics not heard of for this long are dropped
+JOIN_WAIT_S = 15.0  # how long an api waits at start for its live group to be joined
 
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
@@ -186,10 +187,30 @@ class LiveRelay:
         # the bus's group settings (range assignment: brokers such as Tansu assign nothing to the
         # client's default list of strategies); from the latest offsets, committing nothing
         consumer = Consumer({**config, **group_config(self.group), "auto.offset.reset": "latest"})
-        consumer.subscribe([LIVE_TOPIC, STATS_TOPIC])
+        joined = threading.Event()
+
+        def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            # start at each partition's end as of now, not at the end once the first fetch asks
+            # for it: a message published after start() returned is then always relayed
+            for tp in partitions:
+                try:
+                    tp.offset = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)[1]
+                except KafkaException:
+                    tp.offset = OFFSET_END
+            consumer.assign(partitions)
+            joined.set()
+
+        consumer.subscribe([LIVE_TOPIC, STATS_TOPIC], on_assign=assigned)
         self._thread = threading.Thread(target=self._consume, args=(consumer,), daemon=True)
         self._thread.start()
-        log.info("live topics: relaying in group %r", self.group)
+        # Until the group is joined nothing is relayed: wait, so what starts after the relay (the
+        # simulator's shadow agent reads the stored twins once, then follows events) misses no event.
+        if await asyncio.to_thread(joined.wait, JOIN_WAIT_S):
+            log.info("live topics: relaying in group %r", self.group)
+        else:
+            log.warning(
+                "live topics: group %r not joined after %.0f s, relaying once it is", self.group, JOIN_WAIT_S
+            )
 
     async def stop(self) -> None:
         """Stop consuming and leave the group."""
