@@ -35,6 +35,7 @@ from fleetstream.simulator import (
 )
 from fleetstream.simulator import delivery as delivery_module
 from fleetstream.simulator import fleet as fleet_module
+from fleetstream.simulator import fleet_kinds as fleet_kinds_module
 from fleetstream.simulator import schedule as schedule_module
 from fleetstream.simulator import truth as truth_module
 from fleetstream.simulator.cli import simulate
@@ -731,7 +732,7 @@ def test_simulate_refuses_bad_delivery_options_and_an_unwritable_truth_file(
 
 
 def test_simulator_doctests() -> None:
-    for module in (delivery_module, truth_module, fleet_module, schedule_module):
+    for module in (delivery_module, truth_module, fleet_module, fleet_kinds_module, schedule_module):
         failed, attempted = doctest.testmod(module)
         assert (failed, attempted > 0) == (0, True), module.__name__
 
