@@ -143,8 +143,8 @@ def up(
 ) -> None:
     """Run everything in one process: HTTP API, ingest, processors, store, simulator.
 
-    The store is a DuckDB file under --data, or PostgreSQL with --store postgresql://...
-    With --bus kafka://... too, this process is a gateway, a worker and an api (docs/deploy.md).
+    The store is a DuckDB file in the data directory, or PostgreSQL given a postgresql:// store
+    URL; with a kafka:// bus too, this process is a gateway, a worker and an api (docs/deploy.md).
 
     With --mqtt, devices may also publish to an MQTT broker (QoS 1, acknowledged once stored).
     Open http://127.0.0.1:8000 (API docs at /docs). Ctrl-C stops cleanly: every
