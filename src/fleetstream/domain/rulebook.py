@@ -19,19 +19,22 @@ Example:
     [('open', 'hot', 'a', 't > 80 (value 81)'), ('open', 'home', 'b', 'left zone depot')]
     >>> out.crossings
     []
+
+Positions and zone crossings are worked out in :mod:`~fleetstream.domain.rulebook_zones`, by
+:class:`~fleetstream.domain.rulebook_zones.ZoneTracker`, a base of :class:`RuleBook`; this module
+holds the book's definitions, its stream steps and its state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fleetstream.domain.geometry import Zone
-from fleetstream.domain.rule_engines import FlagEngine, RangeEngine, Rows, rounds
+from fleetstream.domain.rule_engines import FlagEngine, RangeEngine, Rows
 from fleetstream.domain.rule_flags import AnomalyEngine, OfflineEngine, RateEngine, ZoneEngine
 from fleetstream.domain.rule_kinds import (
     AnomalyRule,
@@ -42,33 +45,19 @@ from fleetstream.domain.rule_kinds import (
     parse_rule,
     parse_zone,
 )
-from fleetstream.domain.rules import RangeRule, RuleTransition
+
+# Re-exported: the engine, the cluster workers and the tests import them from here.
+from fleetstream.domain.rulebook_zones import LATITUDE as LATITUDE
+from fleetstream.domain.rulebook_zones import LONGITUDE as LONGITUDE
+from fleetstream.domain.rulebook_zones import Engine as Engine
+from fleetstream.domain.rulebook_zones import RuleOutput as RuleOutput
+from fleetstream.domain.rulebook_zones import ZoneCrossing as ZoneCrossing
+from fleetstream.domain.rulebook_zones import ZoneTracker
+from fleetstream.domain.rules import RangeRule
 
 __all__ = ["Rule", "RuleBook", "RuleOutput", "ZoneCrossing", "parse_rule", "parse_zone"]
 
 SNAPSHOT_FORMAT = 1
-LATITUDE, LONGITUDE = "latitude", "longitude"
-Engine = RangeEngine | FlagEngine
-
-
-@dataclass(frozen=True, slots=True)
-class ZoneCrossing:
-    """A tracker entering or leaving a zone, at the event time of the position that shows it."""
-
-    device_id: str
-    zone_id: str
-    entered: bool
-    ts: int
-    lat: float
-    lon: float
-
-
-@dataclass(slots=True)
-class RuleOutput:
-    """What a call to the book produced, in the order it happened per (device, rule)."""
-
-    transitions: list[RuleTransition] = field(default_factory=list)
-    crossings: list[ZoneCrossing] = field(default_factory=list)
 
 
 def _engine(rule: Rule) -> Engine:
@@ -86,7 +75,7 @@ def _engine(rule: Rule) -> Engine:
     raise TypeError(msg)
 
 
-class RuleBook:
+class RuleBook(ZoneTracker):
     """Every rule and zone of one partition of the fleet, with their per-device state."""
 
     def __init__(self, rules: Iterable[Rule] = (), zones: Iterable[Zone] = ()) -> None:
@@ -220,72 +209,6 @@ class RuleBook:
         rank = {rid: i for i, rid in enumerate(self._engines)}
         out.transitions.sort(key=lambda t: (t.ts, rank[t.rule_id], t.device_id))
         return out
-
-    def _positions(self, rows: Rows, out: RuleOutput) -> None:
-        finite = np.isfinite(rows.values)  # a NaN coordinate is no position, not one outside every zone
-        lat_rows, lon_rows = rows.sensor(LATITUDE) & finite, rows.sensor(LONGITUDE) & finite
-        found: list[tuple[int, int, int, float, float]] = []  # (row, device, ts, lat, lon)
-        halves = self._halves
-        for i in np.flatnonzero(lat_rows | lon_rows).tolist():
-            di, t, v = int(rows.dev[i]), int(rows.ts[i]), float(rows.values[i])
-            half = halves.get(di)
-            lat, lon = (v, None) if lat_rows[i] else (None, v)
-            if half is not None and half[0] == t:
-                lat = half[1] if lat is None else lat
-                lon = half[2] if lon is None else lon
-            if lat is not None and lon is not None:
-                halves.pop(di, None)
-                found.append((i, di, t, lat, lon))
-            else:
-                halves[di] = (t, lat, lon)
-        if not found:
-            return
-        row = np.array([f[0] for f in found], np.intp)
-        pdev = rows.dev[row]
-        pts = np.array([f[2] for f in found], np.int64)
-        lats = [f[3] for f in found]
-        lons = [f[4] for f in found]
-        lat_array, lon_array = np.array(lats, np.float64), np.array(lons, np.float64)
-        member = np.empty((len(found), len(self._zone_ids)), np.bool_)
-        for j, zid in enumerate(self._zone_ids):
-            member[:, j] = self._zones[zid].contains_many(lat_array, lon_array)
-        at = Rows(
-            pdev,
-            [rows.ids[i] for i in row.tolist()],
-            rows.types[row],
-            rows.sensors[row],
-            rows.values[row],
-            pts,
-        )
-        zone_rules = [e for e in self._engines.values() if isinstance(e, ZoneEngine)]
-        scopes = [at.scope(e.rule) for e in zone_rules]
-        column = {zid: j for j, zid in enumerate(self._zone_ids)}
-        crossed: list[tuple[int, int, ZoneCrossing]] = []
-        for r in rounds(pdev):
-            d, cur = pdev[r], member[r]
-            place = self._place(d)
-            for i, j in zip(*np.nonzero(self._inside[place] != cur), strict=True):
-                p = int(r[i])
-                z = ZoneCrossing(at.ids[p], self._zone_ids[j], bool(cur[i, j]), int(pts[p]), lats[p], lons[p])
-                crossed.append((p, int(j), z))
-            self._inside[place] = cur
-            for e, scope in zip(zone_rules, scopes, strict=True):
-                col = column.get(e.rule.zone_id)
-                inside = None if col is None else cur[:, col]
-                e.on_positions(d, pts[r], inside, None if scope is None else scope[r], out.transitions)
-        out.crossings += [z for _, _, z in sorted(crossed, key=lambda c: c[:2])]  # log order, then zone id
-
-    def _place(self, devices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Rows of ``_inside`` for devices (distinct), given to those located for the first time."""
-        place = self._slot[devices]
-        for d in devices[place < 0].tolist():
-            self._slot[d] = len(self._located)
-            self._located.append(d)
-        if len(self._located) > len(self._inside):
-            grown = np.zeros((max(256, 2 * len(self._located)), len(self._zone_ids)), np.bool_)
-            grown[: len(self._inside)] = self._inside
-            self._inside = grown
-        return self._slot[devices]
 
     # -- state --------------------------------------------------------------------------------------
 

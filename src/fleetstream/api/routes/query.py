@@ -1,59 +1,39 @@
 """Queries: ``GET /api/v1/metrics``, ``GET /api/v1/series``, ``POST /compute/metrics``,
-``GET /api/v1/stats/live``."""
+``GET /api/v1/stats/live``.
+
+The routes over stored readings live here; beside them, the query-string parameters they share
+in :mod:`~fleetstream.api.routes.query_params`, ``POST /compute/metrics`` in
+:mod:`~fleetstream.api.routes.query_compute` and ``GET /api/v1/stats/live`` in
+:mod:`~fleetstream.api.routes.query_live`, whose routes this module's router includes.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
 
-from fleetstream.api.deps import EngineDep, StoreDep
-from fleetstream.domain.buckets import MAX_BUCKETS, Buckets, format_bucket, parse_bucket, pick_bucket, zone
-from fleetstream.domain.timeutil import MIN_US, parse_time, us_to_iso
+from fleetstream.api.deps import StoreDep
+from fleetstream.api.routes import query_compute, query_live
+
+# Re-exported: the windows, devices, alerts, live and ops routes import them from here.
+from fleetstream.api.routes.query_compute import COMPUTE_METRICS as COMPUTE_METRICS
+from fleetstream.api.routes.query_live import ingest_counters as ingest_counters
+from fleetstream.api.routes.query_params import AGGS as AGGS
+from fleetstream.api.routes.query_params import DEFAULT_AGGS as DEFAULT_AGGS
+from fleetstream.api.routes.query_params import DEFAULT_POINTS as DEFAULT_POINTS
+from fleetstream.api.routes.query_params import HOUR_US as HOUR_US
+from fleetstream.api.routes.query_params import agg_param as agg_param
+from fleetstream.api.routes.query_params import bucket_param as bucket_param
+from fleetstream.api.routes.query_params import split_values as split_values
+from fleetstream.api.routes.query_params import time_param as time_param
+from fleetstream.domain.buckets import MAX_BUCKETS, Buckets, format_bucket, zone
+from fleetstream.domain.timeutil import MIN_US, us_to_iso
 from fleetstream.errors import InvalidInput
-from fleetstream.ingest.devicetypes import known_sensors
 from fleetstream.ports import MetricsQuery, SeriesQuery
 
 router = APIRouter(tags=["query"])
-
-AGGS = ("count", "min", "max", "avg", "mean", "sum", "stddev", "p50", "p95", "p99")
-DEFAULT_AGGS = "count,min,max,avg"
-HOUR_US = 3_600_000_000
-DEFAULT_POINTS = 500
-
-
-def split_values(values: list[str] | None) -> tuple[str, ...]:
-    """Repeatable and comma-separated query values, flattened, order kept, blanks dropped."""
-    out: dict[str, None] = {}
-    for value in values or ():
-        for part in value.split(","):
-            if part.strip():
-                out[part.strip()] = None
-    return tuple(out)
-
-
-def time_param(name: str, text: str | None, default: int) -> int:
-    """A query-string time, or ``default`` when absent; 400 naming the parameter when bad."""
-    if text is None or not text.strip():
-        return default
-    try:
-        return parse_time(text.strip())
-    except ValueError as exc:
-        msg = f"{name}: {exc}"
-        raise InvalidInput(msg) from None
-
-
-def agg_param(text: str) -> tuple[str, ...]:
-    """The aggregates of an ``agg`` parameter; 400 listing the unknown ones."""
-    aggs = split_values([text])
-    unknown = [a for a in aggs if a not in AGGS]
-    if unknown or not aggs:
-        msg = f"agg: unknown aggregate(s) {', '.join(unknown) or '(none given)'}; expected {', '.join(AGGS)}"
-        raise InvalidInput(msg)
-    return aggs
 
 
 @router.get("/api/v1/metrics", summary="Aggregates of readings between two times, per sensor")
@@ -168,191 +148,6 @@ async def get_series(
     return Response(msgspec.json.encode(body), media_type="application/json")
 
 
-def bucket_param(bucket: str | None, points: str | None, start: int, end: int, tz: str) -> int:
-    """The bucket size in microseconds from ``bucket`` or ``points`` (default 500 points); 400 when
-    bad, when both are given, or when ``bucket`` makes more than 10,000 buckets over the range."""
-    bucket, points = (bucket or "").strip(), (points or "").strip()
-    if bucket and points:
-        msg = "give either bucket or points, not both"
-        raise InvalidInput(msg)
-    if bucket:
-        try:
-            width = parse_bucket(bucket)
-            count = Buckets(width, tz).count(start, end)
-        except ValueError as exc:
-            msg = f"bucket: {exc}"
-            raise InvalidInput(msg) from None
-        if count > MAX_BUCKETS:
-            msg = (
-                f"bucket: {format_bucket(width)} makes {count:,} buckets from {us_to_iso(start)} to "
-                f"{us_to_iso(end)}, more than {MAX_BUCKETS:,}: use points= or a larger bucket"
-            )
-            raise InvalidInput(msg)
-        return width
-    if points and not (re.fullmatch("[0-9]{1,9}", points) and 1 <= int(points) <= MAX_BUCKETS):
-        msg = f"points: expected a whole number from 1 to {MAX_BUCKETS:,}, got '{points}'"
-        raise InvalidInput(msg)
-    try:
-        return pick_bucket(start, end, int(points or DEFAULT_POINTS), tz)
-    except ValueError as exc:
-        msg = f"points: {exc}"
-        raise InvalidInput(msg) from None
-
-
-COMPUTE_METRICS = {"count": "count", "average": "avg", "mean": "avg", "min": "min", "max": "max"}
-
-
-@router.post(
-    "/compute/metrics",
-    summary="Metrics of sensors between two times (compatible request and response)",
-    responses={
-        200: {
-            "content": {
-                "application/json": {
-                    "example": {"result": {"temperature": {"count": 61, "min": 2}}, "errors": []}
-                }
-            }
-        },
-        400: {"description": "No valid sensor remains, or `from`/`to` missing or bad: `result` is `{}`."},
-    },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"type": "object"},
-                    "example": {
-                        "temperature": ["count", "min", "max", "average"],
-                        "from": "2023-03-28 20:00:00",
-                        "to": "2023-03-28 21:00:00",
-                    },
-                }
-            },
-        }
-    },
-)
-async def compute_metrics(request: Request, store: StoreDep, engine: EngineDep) -> JSONResponse:
-    """Keys are sensor names whose values list metrics among `count`, `average`, `mean`, `min`,
-    `max`; `from` and `to` are `YYYY-MM-DD HH:MM:SS` (UTC; RFC 3339 also accepted), both inclusive.
-    Unknown metrics and keys are reported in `errors` and left out of `result`."""
-    errors: list[str] = []
-    try:
-        body = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError as exc:
-        return _compute_error([f"The request body is not valid JSON: {exc}"])
-    if not isinstance(body, dict):
-        return _compute_error(["The request body must be a JSON object"])
-    bounds: dict[str, int] = {}
-    for key in ("from", "to"):
-        raw = body.get(key)
-        if raw is None:
-            errors.append(f'Missing {key} in the request body (expected "YYYY-MM-DD HH:MM:SS")')
-        elif not isinstance(raw, str):
-            errors.append(f'Invalid {key}: expected "YYYY-MM-DD HH:MM:SS", got {raw!r}')
-        else:
-            try:
-                bounds[key] = parse_time(raw.strip())
-            except ValueError as exc:
-                errors.append(f"Invalid {key}: {exc}")
-    if len(bounds) < 2:
-        return _compute_error(errors)
-    if bounds["from"] > bounds["to"]:
-        return _compute_error([*errors, "Invalid range: from is after to"])
-    known = known_sensors() | engine.sensors_seen
-    wanted: dict[str, list[str]] = {}
-    for key, value in body.items():
-        if key in ("from", "to"):
-            continue
-        if key not in known:
-            errors.append(f"Unexpected key {key} in the request body")
-            continue
-        if not isinstance(value, list):
-            errors.append(f"Expected a list of metrics for the sensor {key}")
-            continue
-        metrics = []
-        for metric in value:
-            if isinstance(metric, str) and metric in COMPUTE_METRICS:
-                metrics.append(metric)
-            else:
-                errors.append(f"Unexpected metric {metric} to compute for the sensor {key}")
-        if metrics:
-            wanted[key] = metrics
-        elif not value:
-            errors.append(f"No metric to compute for the sensor {key}")
-    if not wanted:
-        return _compute_error(errors)
-    aggs = tuple(dict.fromkeys(COMPUTE_METRICS[m] for ms in wanted.values() for m in ms))
-    query = MetricsQuery(bounds["from"], bounds["to"], aggs, tuple(wanted), end_inclusive=True)
-    rows = await store.query_metrics(query)
-    result = {
-        sensor: {metric: rows[sensor][COMPUTE_METRICS[metric]] for metric in metrics}
-        for sensor, metrics in wanted.items()
-    }
-    return JSONResponse({"result": result, "errors": errors})
-
-
-def _compute_error(errors: list[str]) -> JSONResponse:
-    return JSONResponse({"result": {}, "errors": errors}, 400)
-
-
-@router.get("/api/v1/stats/live", summary="Running metrics of everything acknowledged since start")
-async def live_stats(
-    request: Request,
-    engine: EngineDep,
-    sensor: Annotated[list[str] | None, Query(description="only these sensors")] = None,
-    device_id: Annotated[list[str] | None, Query(description="per-device rows of these devices")] = None,
-    per_device: Annotated[bool, Query(description="include per device+sensor rows of every device")] = False,
-    limit: Annotated[int, Query(ge=1, le=100_000, description="most per-device rows")] = 1000,
-) -> Response:
-    """Per sensor (and per device+sensor): count, mean, min, max, stddev, last value and its event
-    time, and per sensor `late` (readings beyond the allowed lateness, kept out of windows), plus
-    the ingest rate and the current `watermark`. Kept across restarts (checkpointed). Per-device
-    rows come for the devices named by `device_id`, or for all (up to `limit`) with
-    `per_device=true`."""
-    runtime = request.app.state.runtime
-    sensors = set(split_values(sensor))
-    devices = set(split_values(device_id))
-    late = engine.processors.late_total
-    body: dict[str, Any] = {
-        "ingest": ingest_counters(runtime),
-        "watermark": None
-        if engine.processors.windows.watermark is None
-        else us_to_iso(engine.processors.windows.watermark),
-        "sensors": {
-            name: {**_stats(s.as_dict()), "late": late.get(name, 0)}
-            for name, s in sorted(engine.stats.sensors.items())
-            if not sensors or name in sensors
-        },
-    }
-    if devices or per_device:
-        rows: dict[str, dict[str, Any]] = {}
-        chosen = sorted(engine.stats.series(devices or None, sensors or None).items())
-        if len(chosen) > limit:
-            body["truncated"] = True
-        for (dev, sen), s in chosen[:limit]:
-            rows.setdefault(dev, {})[sen] = _stats(s.as_dict())
-        body["devices"] = rows
-    return Response(msgspec.json.encode(body), media_type="application/json")
-
-
-def _stats(row: dict[str, Any]) -> dict[str, Any]:
-    if "last_ts" in row:
-        row["last_ts"] = us_to_iso(row["last_ts"])
-    return row
-
-
-def ingest_counters(runtime: Any) -> dict[str, Any]:
-    """Counters of the gateway and the engine, for the live view and /metrics."""
-    engine = runtime.engine
-    return {
-        "rate_per_s": round(engine.rate.rate(runtime.clock.monotonic()), 1),
-        "readings_total": engine.stats.readings_total,
-        "messages_total": engine.messages_total,
-        "devices": len(engine.stats.device_ids),
-        "duplicates_total": engine.dedup.duplicates_total,
-        "rejected_total": runtime.gateway.rejected_total,
-        "requests_total": runtime.gateway.requests_total,
-        "log_position": engine.position,
-        "late_total": sum(engine.processors.late_total.values()),
-        "replayed_total": engine.replayed,
-    }
+# Included after the routes above, so the routes keep their order (in /docs too).
+router.include_router(query_compute.router)
+router.include_router(query_live.router)
