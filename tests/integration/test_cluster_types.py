@@ -5,6 +5,7 @@ embedded mode; two registries racing for the same type never store two different
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from fleetstream.cluster.typestore import StoredTypes
 from fleetstream.ingest.typeregistry import IncompatibleType
 from fleetstream.ingest.usertypes import UserType
 
-from ..servers import Tansu, free_port
+from ..servers import Postgres, Tansu, free_port
 from ._support import at, wait_for
 from .test_cluster import Proc, start_gateway
 
@@ -239,3 +240,43 @@ def test_a_gateway_whose_store_is_unreachable_says_so_and_exits_2(tmp_path: Path
     out = gw.output()
     assert f"error: cannot open PostgreSQL store postgresql://u@127.0.0.1:{port}/db" in out
     assert "Traceback" not in out
+
+
+def test_a_store_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway or api re-reads the types every second: an outage is two log lines, not one a second."""
+    server = Postgres.launch()  # its own cluster: stopping the session's would fail other tests
+
+    async def run() -> tuple[list[str], int]:
+        store = PostgresStore(server.url(), readers=1)
+        registry = StoredTypes(store, refresh_s=0.02)
+        await store.start()
+        await registry.start()
+        try:
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(1.0)  # about 50 failed re-reads
+            await asyncio.to_thread(server.start)
+            deadline = time.monotonic() + 30
+            while not any("answers again" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "no line saying the store is back"
+                await asyncio.sleep(0.05)
+            # the poll counter it reports shows the re-reads kept failing all along
+            back = next(r.getMessage() for r in caplog.records if "answers again" in r.getMessage())
+            failed_polls = int(back.split("after ")[1].split()[0])
+            await asyncio.sleep(0.5)  # later successful re-reads log nothing more
+        finally:
+            await registry.stop()
+            await store.close()
+        lines = [r.getMessage() for r in caplog.records if r.name == "fleetstream.cluster.typestore"]
+        return [line for line in lines if "store" in line], failed_polls
+
+    caplog.set_level(logging.INFO, logger="fleetstream.cluster.typestore")
+    try:
+        lines, failed_polls = asyncio.run(run())
+    finally:
+        server.close()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("device types (validating with the types read so far): wait for the store")
+    assert "answers again" in lines[1]
+    assert failed_polls >= 10

@@ -186,3 +186,55 @@ def test_the_embedded_pipeline_runs_on_the_kafka_bus(
     wait_for(lambda: metrics(srv, devices, agg="count").get("temperature", {}).get("count") == 30, 20)
     assert metrics(srv, devices, agg="count,sum")["temperature"] == {"count": 30, "sum": sum(range(30))}
     assert "Kafka bus: created topic" in srv.output()
+
+
+def test_a_clean_stop_commits_the_batches_handed_out_before_the_consumer_closes(
+    module_tansu: Tansu, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedded pipeline and the worker commit on tasks of their own, after the batch is stored:
+    the bus closing meanwhile must not close the consumer under those commits (each logged
+    "offset commit failed: Consumer closed", and the next start read the records again)."""
+    url = f"kafka://{module_tansu.bootstrap}/readings-{uuid.uuid4().hex[:8]}"
+    group = f"stop-{uuid.uuid4().hex[:8]}"
+
+    async def first_run() -> int:
+        bus = KafkaBus(url)
+        await bus.start()
+        await bus.publish("readings", batch(0, 10))  # 60 records
+        seen = 0
+        commits: list[asyncio.Task[None]] = []
+
+        async def commit_later(taken: Any) -> None:
+            await asyncio.sleep(0.5)  # storing the batch
+            await taken.commit()
+
+        async def consume() -> None:
+            nonlocal seen
+            async for taken in bus.subscribe("readings", group, 10_000):
+                seen += taken.batch.records
+                commits.append(asyncio.create_task(commit_later(taken)))
+
+        consumer = asyncio.create_task(consume())
+        await until(lambda: seen == 60, 30)
+        await bus.close()  # a clean stop while the commits are pending
+        await asyncio.wait_for(consumer, 30)
+        await asyncio.gather(*commits)
+        return seen
+
+    async def next_run() -> set[Row]:
+        bus = KafkaBus(url)
+        await bus.start()
+        await bus.publish("readings", batch(100, 1))
+        got: set[Row] = set()
+        async for taken in bus.subscribe("readings", group, 10_000):
+            got |= rows(taken.batch)
+            await taken.commit()
+            if len(got) >= 6:
+                break
+        await bus.close()
+        return got
+
+    assert asyncio.run(first_run()) == 60
+    assert asyncio.run(next_run()) == rows(batch(100, 1))  # only what came after: the 60 were committed
+    failures = [r.getMessage() for r in caplog.records if "commit failed" in r.getMessage()]
+    assert failures == []

@@ -23,6 +23,7 @@ from fleetstream.ingest.formats import DecodeContext
 from fleetstream.simulator import DeliveryFailed, HttpTransport, Simulator
 from fleetstream.simulator.cli import simulate
 
+from ..servers import free_port
 from ._support import ServerProcess, query, wait_for
 
 pytestmark = pytest.mark.integration
@@ -339,3 +340,22 @@ def test_trackers_hosts_and_the_failures_file_against_a_real_server(
         stats = body["metrics"][sensor]
         assert stats["count"] > 0
         assert low <= stats["min"] <= stats["max"] <= high, (sensor, stats)
+
+
+def test_the_duration_bounds_a_run_whose_target_does_not_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    """Retries against a closed port stop at the end of --duration (plus the last batches' second),
+    and the summary says what was not delivered."""
+    target = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    code = simulate(devices=5, rate=1.0, target=target, duration=2.0, seed=3, batch=1)
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 1  # not everything was delivered
+    assert elapsed < 2.0 + 1.0 + 1.0, elapsed  # the duration, the last batches' second, start-up
+    summary = out.strip().splitlines()[-1]
+    sent = int(summary.split("sent ")[1].split(",")[0])
+    errors = int(summary.split("errors ")[1].split(",")[0])
+    dropped = int(summary.split("dropped ")[1].split(";")[0])
+    assert "acknowledged 0," in summary
+    assert sent == errors > 0  # every batch sent failed or was cancelled at the end
+    assert errors + dropped >= 10  # about 5 devices x 2 s generated, none of them delivered

@@ -11,7 +11,8 @@ import pytest
 from fleetstream.cluster.fleet import merge_partials, partial_key, tag_partials
 from fleetstream.cluster.live import STATS_TOPIC, LivePublisher, LiveRelay, merge_late, merge_stats
 from fleetstream.config import StreamSettings
-from fleetstream.domain.stats import LiveStats
+from fleetstream.domain.clock import ManualClock
+from fleetstream.domain.stats import LiveStats, RateMeter
 from fleetstream.domain.windows import ALL_DEVICES, WindowAggregate
 from fleetstream.engine.processors import StreamProcessors
 
@@ -100,7 +101,7 @@ def test_late_counts_of_every_worker_reach_the_api() -> None:
         publisher._producer = cast("Producer", producer)
         publisher.stats(partitions)
         sent += producer.sent
-    api = SimpleNamespace(processors=StreamProcessors(StreamSettings()))
+    api = _api()
     relay = LiveRelay(cast("KafkaBus", None), cast("Engine", api))
 
     for topic, value in sent:
@@ -110,3 +111,53 @@ def test_late_counts_of_every_worker_reach_the_api() -> None:
     assert api.processors.late_total == {"temperature": 12, "humidity": 1}  # what stats/live shows
     assert api.processors.stats.readings_total == 1
     assert merge_late([{"late_total": {"t": 2}}, {}]) == {"t": 2}  # a worker of an older version
+
+
+def _api() -> SimpleNamespace:
+    """The parts of an api's idle engine the relay sets."""
+    return SimpleNamespace(
+        processors=StreamProcessors(StreamSettings()),
+        dedup=SimpleNamespace(duplicates_total=0),
+        messages_total=0,
+        rate=RateMeter(),
+        clock=ManualClock(0),
+    )
+
+
+def _stats_of(worker: str, partitions: dict[int, StreamProcessors]) -> bytes:
+    publisher = LivePublisher(cast("KafkaBus", None), worker)
+    producer = _Producer()
+    publisher._producer = cast("Producer", producer)
+    publisher.stats(partitions)
+    return producer.sent[0][1]
+
+
+def test_duplicate_and_message_counts_of_every_partition_reach_the_api_and_survive_a_checkpoint() -> None:
+    first, second = StreamProcessors(StreamSettings()), StreamProcessors(StreamSettings())
+    first.duplicates_total, first.messages_total = 7, 40
+    second.duplicates_total, second.messages_total = 2, 15
+    api = _api()
+    relay = LiveRelay(cast("KafkaBus", None), cast("Engine", api))
+    relay.deliver(STATS_TOPIC, _stats_of("w0", {0: first}))
+    relay.deliver(STATS_TOPIC, _stats_of("w1", {1: second}))
+    assert (api.dedup.duplicates_total, api.messages_total) == (9, 55)
+
+    # partition 1 moves to w0, restored from its checkpoint: counted once, where it was
+    moved = StreamProcessors(StreamSettings())
+    moved.restore(second.snapshot(), [])
+    assert (moved.duplicates_total, moved.messages_total) == (2, 15)
+    relay.deliver(STATS_TOPIC, _stats_of("w0", {0: first, 1: moved}))
+    assert (api.dedup.duplicates_total, api.messages_total) == (9, 55)
+
+
+def test_the_api_rate_counts_the_growth_of_the_stored_readings_not_those_stored_before() -> None:
+    worker = StreamProcessors(StreamSettings())
+    worker.stats.add(["d"] * 50, ["t"] * 50, [1.0] * 50, list(range(50)))
+    api = _api()
+    api.clock.advance(100.0)
+    relay = LiveRelay(cast("KafkaBus", None), cast("Engine", api))
+    relay.deliver(STATS_TOPIC, _stats_of("w0", {0: worker}))  # 50 stored before the api started
+    worker.stats.add(["d"] * 20, ["t"] * 20, [1.0] * 20, list(range(50, 70)))
+    api.clock.advance(0.5)
+    relay.deliver(STATS_TOPIC, _stats_of("w0", {0: worker}))
+    assert api.rate.rate(102.0) == 20 / 5  # a 5 s window of complete seconds

@@ -22,12 +22,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from fleetstream import __version__
 from fleetstream.adapters import BUSES, STORES, by_url
 from fleetstream.api import errors
 from fleetstream.api.routes import ingest
+from fleetstream.cluster import gateway_metrics
 from fleetstream.cluster.typestore import StoredTypes
 from fleetstream.config import Settings
 from fleetstream.domain.clock import Clock, SystemClock
@@ -167,7 +168,7 @@ class GatewayNode:
 
 
 def create_gateway_app(node: GatewayNode) -> FastAPI:
-    """The gateway's HTTP API: the ingest routes, ``/healthz`` and ``/readyz``."""
+    """The gateway's HTTP API: the ingest routes, ``/healthz``, ``/readyz`` and ``/metrics``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -193,5 +194,11 @@ def create_gateway_app(node: GatewayNode) -> FastAPI:
         if not ok:
             body["reason"] = detail
         return JSONResponse(body, 200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        up = node.started and (await node.broker_status())[0]
+        text = gateway_metrics.render(node, up)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return app

@@ -81,9 +81,15 @@ class LivePublisher:
         self._send(LIVE_TOPIC, changes[0].alert.device_id, body)
 
     def stats(self, partitions: dict[int, StreamProcessors]) -> None:
-        """Publish each partition's live statistics, with its count of late readings per sensor."""
+        """Publish each partition's live statistics, with its counts of late readings per sensor,
+        of duplicates dropped and of messages stored (all checkpointed with the partition)."""
         states = {
-            str(p): {**procs.stats.to_state(), "late_total": procs.late_total}
+            str(p): {
+                **procs.stats.to_state(),
+                "late_total": procs.late_total,
+                "duplicates_total": procs.duplicates_total,
+                "messages_total": procs.messages_total,
+            }
             for p, procs in partitions.items()
         }
         self._send(STATS_TOPIC, self.worker_id, {"worker": self.worker_id, "partitions": states})
@@ -147,6 +153,13 @@ def merge_late(states: list[dict[str, Any]]) -> dict[str, int]:
     return total
 
 
+def merge_counts(states: list[dict[str, Any]]) -> dict[str, int]:
+    """The partitions' counts of duplicates dropped and messages stored, summed (each partition
+    counts its own devices' messages, and its count moves with it to a new owner)."""
+    names = ("duplicates_total", "messages_total", "readings_total")
+    return {name: sum(int(state.get(name, 0)) for state in states) for name in names}
+
+
 def _combine(into: dict[str, list[Any]], j: int, one: dict[str, Any]) -> None:
     """Fold one sensor's stats into entry ``j``, moving its sums to ``j``'s shift."""
     n = one["_count"]
@@ -174,6 +187,8 @@ class LiveRelay:
         self.engine = engine
         self.group = f"fleetstream-api-{uuid.uuid4().hex[:12]}"
         self.partials: dict[str, tuple[float, dict[str, Any]]] = {}  # partition -> (heard at, state)
+        # the most readings the partitions counted together (None: no statistics yet), for the rate
+        self.readings_seen: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -229,6 +244,19 @@ class LiveRelay:
             with contextlib.suppress(KafkaException, RuntimeError):
                 consumer.close()
 
+    def _count(self, counts: dict[str, int]) -> None:
+        """The counters of ``/api/v1/stats/live`` and ``/metrics`` that the workers keep."""
+        engine = self.engine
+        engine.dedup.duplicates_total = counts["duplicates_total"]
+        engine.messages_total = counts["messages_total"]
+        # the rate of readings stored, from the growth of the total: not its first value (stored
+        # before this api started), and a partition dropped as stale for a while, then heard of
+        # again, must not count its readings twice
+        total = counts["readings_total"]
+        if self.readings_seen is not None and total > self.readings_seen:
+            engine.rate.add(total - self.readings_seen, engine.clock.monotonic())
+        self.readings_seen = max(total, self.readings_seen or 0)
+
     def deliver(self, topic: str | None, value: bytes | None) -> None:
         """Hand one message to the subscribers (on the event loop)."""
         try:
@@ -242,6 +270,7 @@ class LiveRelay:
                 # /api/v1/stats/live and /metrics read the late counts from the windows processor,
                 # which runs on the workers only: give it theirs.
                 self.engine.processors.windows.late_total = merge_late(fresh)
+                self._count(merge_counts(fresh))
             elif "windows" in body:
                 self.engine.windows.publish([WindowAggregate.from_state(s) for s in body["windows"]])
             elif "events" in body:

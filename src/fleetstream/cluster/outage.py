@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 
-from fleetstream.errors import StoreError
-
 
 class OutageLog:
     """The state of one polling loop's view of the store: reachable or not."""
@@ -24,7 +22,7 @@ class OutageLog:
         self.what = what
         self.failures = 0
 
-    def failed(self, exc: StoreError) -> None:
+    def failed(self, exc: Exception) -> None:
         """A poll failed because the store is unreachable: say so on the first failure only."""
         if self.failures == 0:
             self.log.warning("%s wait for the store, retrying: %s", self.what, exc)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetstream.cluster.outage import OutageLog
 from fleetstream.errors import Conflict
 from fleetstream.ingest.typeregistry import UserTypes
 from fleetstream.ingest.usertypes import UserType, key_of
@@ -98,6 +99,8 @@ class StoredTypes(UserTypes):
         return True
 
     async def _refresh_forever(self) -> None:
+        # one line when the store goes away and one when it is back, not one per second between
+        outage = OutageLog(log, "device types (validating with the types read so far):")
         while True:
             await asyncio.sleep(self.refresh_s)
             try:
@@ -105,7 +108,9 @@ class StoredTypes(UserTypes):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down: keep validating with the types read
-                log.warning("re-reading device types failed: %s", exc)
+                outage.failed(exc)
+            else:
+                outage.succeeded()
 
     async def submit(self, body: Any, *, force: bool = False) -> tuple[UserType, bool]:
         """Register a version against the versions stored now; stored before it is answered.

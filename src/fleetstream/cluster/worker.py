@@ -271,11 +271,16 @@ class Worker:
             for number, items in pieces.items():
                 part = self.partitions[number]
                 keys_store = BoundedKeyStore(self.store, part.stored_until)
+                duplicates = self.dedup.duplicates_total
                 fresh, keys = await deduplicate(self.dedup, keys_store, partition_batch(number, items))
                 self.lookups_spared_total += keys_store.spared
                 until[number] = max(part.stored_until, newest_time(fresh))
                 remembered += keys
                 processors = self.partitions[number].processors
+                # counted in the partition's state, checkpointed with this batch (a failure restores
+                # the partition, so its counts too): the api sums the partitions' counts
+                processors.duplicates_total += self.dedup.duplicates_total - duplicates
+                processors.messages_total += fresh.messages_count
                 missing = processors.missing(fresh)
                 if missing:
                     processors.load(await self.store.load_twins(missing))

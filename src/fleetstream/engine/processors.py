@@ -66,6 +66,10 @@ class StreamProcessors:
         self.prediction = PredictionStage()  # off until the engine gives it a model
         self.alert_changes: list[AlertChange] = []  # taken by the engine for live subscribers
         self.position = 0  # log position of the last record processed
+        # a cluster worker's counts of its partition, checkpointed with it (so a takeover or a
+        # restart goes on counting where the checkpoint was); the embedded engine keeps its own
+        self.duplicates_total = 0  # re-sent readings and events dropped by dedup
+        self.messages_total = 0  # device messages stored (after dedup)
 
     def on_batch(self, batch: Batch, now_us: int) -> Derived:
         """Process a durable batch (rows in log order, then its reading-less messages)."""
@@ -144,6 +148,7 @@ class StreamProcessors:
             "stats": self.stats.to_state(),
             "rules": self.rules.snapshot(),
             "prediction": self.prediction.snapshot(),
+            "counts": {"duplicates_total": self.duplicates_total, "messages_total": self.messages_total},
         }
         return msgspec.msgpack.encode(state)
 
@@ -164,6 +169,9 @@ class StreamProcessors:
         if "rules" in state:  # checkpoints written before rules existed have none
             self.rules.restore(state["rules"])
         self.prediction.restore(state.get("prediction"))  # None: written before prediction ran
+        counts = state.get("counts", {})  # none in checkpoints written before they were kept
+        self.duplicates_total = int(counts.get("duplicates_total", 0))
+        self.messages_total = int(counts.get("messages_total", 0))
 
     @staticmethod
     def resident_ids(blob: bytes) -> list[str]:

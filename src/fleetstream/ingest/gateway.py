@@ -39,6 +39,11 @@ class Gateway:
         self.accepted_total = 0
         self.rejected_total = 0
         self.out_of_range_total = 0
+        self.readings_accepted_total = 0
+        # publishes to the bus: how many, how long they waited for the log, how many failed
+        self.publishes_total = 0
+        self.publish_seconds_total = 0.0
+        self.publish_failures_total = 0
         self.user_types: UserTypes | None = None  # device types registered through the API
 
     async def ingest(
@@ -73,8 +78,17 @@ class Gateway:
         self.rejected_total += len(decoded.rejected)
         batch = decoded.batch
         if batch.records:
-            await self.bus.publish(READINGS_TOPIC, batch)
+            started = self.clock.monotonic()
+            try:
+                await self.bus.publish(READINGS_TOPIC, batch)
+            except Exception:
+                self.publish_failures_total += 1
+                raise
+            finally:
+                self.publishes_total += 1
+                self.publish_seconds_total += self.clock.monotonic() - started
             self.accepted_total += batch.messages_count
+            self.readings_accepted_total += len(batch)
             self.out_of_range_total += decoded.flagged
         return IngestResult(
             accepted=batch.messages_count,

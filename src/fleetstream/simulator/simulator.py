@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 _LOG_EVERY_S = 10.0
 _RATE_WINDOW_S = 5
 _SPAN_TICKS = 5  # the most fleet time one tick of the loop generates, in ticks
+STOP_FLUSH_S = 10.0  # stopping (Ctrl-C, the api's stop): how long what is queued may take to send
+# the end of a --duration: long enough for a server that answers to take the last batches, short
+# enough that a target that does not answer keeps the run near its duration
+END_FLUSH_S = 1.0
 
 
 class Simulator:
@@ -187,7 +191,7 @@ class Simulator:
         await self.transport.start()
         self._loop_task = asyncio.create_task(self._loop(), name="fleetstream-simulator")
 
-    async def stop(self, flush_timeout_s: float = 10.0) -> None:
+    async def stop(self, flush_timeout_s: float = STOP_FLUSH_S) -> None:
         """Stop the loop, send what is queued (for at most ``flush_timeout_s``), close the transport.
 
         Messages held back for jitter, and second copies, are sent at once.
@@ -251,7 +255,12 @@ class Simulator:
         self._loop_task = asyncio.create_task(self._loop(), name="fleetstream-simulator")
 
     async def run(self, duration_s: float | None = None) -> None:
-        """Start, run for ``duration_s`` seconds of real time (None: until cancelled), then stop."""
+        """Start, run for ``duration_s`` seconds of real time (None: until cancelled), then stop.
+
+        A duration bounds the whole run: at its end the last batches get ``END_FLUSH_S`` to be
+        acknowledged, not the retries of a target that does not answer (those batches are
+        cancelled and count as :attr:`errors`, what is still queued as :attr:`dropped`).
+        """
         await self.start()
         try:
             task = self._loop_task
@@ -260,7 +269,7 @@ class Simulator:
             if task in done:
                 task.result()  # the loop ends only by failing: show why
         finally:
-            await self.stop()
+            await self.stop(STOP_FLUSH_S if duration_s is None else END_FLUSH_S)
 
     async def tick(self, max_span_s: float | None = None) -> int:
         """One pass of the loop: queue the messages due by now and send batches; how many were due.

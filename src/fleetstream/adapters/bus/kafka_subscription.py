@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT_S = 0.2  # how often the consume thread looks whether the bus closed
 _HOOK_TIMEOUT_S = 60.0  # a rebalance hook that takes longer is given up on (it keeps running)
+# on a clean stop, how long the consumer stays open for batches handed out and not yet committed
+_SETTLE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class KafkaBatch:
         # each partition's assignment when taken: a commit never crosses a revocation
         self.generation = {p: sub.generation.get(p, 0) for p in self.next}
         self._done = False
+        sub.unsettled.add(self)
 
     @property
     def batch(self) -> Batch:
@@ -87,7 +90,10 @@ class KafkaBatch:
     async def commit(self) -> None:
         if not self._done:
             self._done = True
-            await self._sub.commit(self)
+            try:
+                await self._sub.commit(self)
+            finally:
+                self._sub.unsettled.discard(self)
 
     async def fail(self, exc: BaseException) -> None:
         if not self._done:
@@ -95,7 +101,10 @@ class KafkaBatch:
             log.warning(
                 "Kafka bus: a batch of %d records failed (%s); it is taken again", self.record_count, exc
             )
-            await self._sub.rewind(self)
+            try:
+                await self._sub.rewind(self)
+            finally:
+                self._sub.unsettled.discard(self)
 
 
 class Subscription:
@@ -124,6 +133,7 @@ class Subscription:
         # after the partition comes back (the group would start past records never processed)
         self.generation: dict[int, int] = {}
         self.commit_failures = 0
+        self.unsettled: set[KafkaBatch] = set()  # handed out, neither committed nor failed yet
         self._buffer: deque[_Record] = deque()
         self._rewound: dict[int, int] = {}  # partition -> offset it was rewound to, not fetched yet
         self._committing = asyncio.Lock()
@@ -160,9 +170,29 @@ class Subscription:
                 with contextlib.suppress(Exception):
                     await self._prefetch
                 self._prefetch = None
-            self._consumer = None
+            if self.bus.closing:
+                await self._settle()
+            async with self._committing:  # no commit runs into the close ("Consumer closed")
+                self._consumer = None
             # leaves the group now: the other members get its partitions without a timeout
             await asyncio.to_thread(self._close, consumer)
+
+    async def _settle(self) -> None:
+        """On a clean stop: wait (a while) for the batches handed out to be committed or failed.
+
+        Their consumers commit after storing them, often on tasks of their own that run on after
+        the last batch was taken; closing first would lose those commits (the next start reads
+        the records again) and log each as failed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _SETTLE_TIMEOUT_S
+        while self.unsettled and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.unsettled:
+            log.warning(
+                "Kafka bus: closing with %d batches neither committed nor failed: they are read again",
+                len(self.unsettled),
+            )
 
     def _open(self) -> Consumer:
         consumer = Consumer(self.config)
@@ -310,6 +340,8 @@ class Subscription:
         if not offsets or consumer is None:
             return
         async with self._committing:  # one at a time: a later commit never lands before an earlier one
+            if self._consumer is not consumer:
+                return  # closed meanwhile: the records are read again, deduplicated
             offsets = [
                 tp
                 for tp in offsets
