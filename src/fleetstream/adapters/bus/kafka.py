@@ -20,6 +20,9 @@ publish on the loop, and admin and consumer calls run in worker threads.
 Topics are created when first used, if missing, with ``partitions`` partitions
 (default 8); the readings topic's name is the URL's path (``readings`` when
 empty). Consuming is :mod:`.kafka_subscription`.
+
+The producer's making, polling and replacing are in :mod:`.kafka_producer`, the topics in
+:mod:`.kafka_topics`; this module holds the bus's face, publishing and subscribing.
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from fleetstream.adapters.bus.codec import split_by_partition
 from fleetstream.adapters.bus.kafka_group import GroupTimeouts, group_config
+from fleetstream.adapters.bus.kafka_producer import KafkaProducing, _Delivery
 from fleetstream.adapters.bus.kafka_subscription import KafkaBatch, Subscription
 from fleetstream.domain.batch import Batch
 from fleetstream.errors import BusUnavailable, ConfigError, Overloaded
@@ -70,31 +73,7 @@ def parse_bus_url(url: str) -> tuple[KafkaEndpoint, int | None]:
     return KafkaEndpoint(endpoint.host, endpoint.port, topic, endpoint.group), partitions
 
 
-class _Delivery:
-    """The delivery reports of one publish; called on the producer's poll thread."""
-
-    __slots__ = ("abandoned", "error", "future", "loop", "waiting")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, messages: int) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.waiting = messages
-        self.error: KafkaError | None = None
-        self.abandoned = False
-
-    def report(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None and self.error is None:
-            self.error = err
-        self.waiting -= 1
-        if self.waiting == 0 and not self.abandoned:
-            self.loop.call_soon_threadsafe(self._settle)
-
-    def _settle(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-
-class KafkaBus:
+class KafkaBus(KafkaProducing):
     """The Kafka :class:`~fleetstream.ports.Bus`; see the module docstring.
 
     Args:
@@ -181,114 +160,6 @@ class KafkaBus:
         for delivery in list(self._pending):
             if not delivery.future.done():
                 delivery.future.set_exception(BusUnavailable("the bus closed before the broker acknowledged"))
-
-    def _new_producer(self) -> Producer:
-        self._fatal = False
-        return Producer(
-            {
-                **({"queue.buffering.max.messages": self.max_pending} if self.max_pending else {}),
-                **self.config,
-                "acks": "all",
-                "enable.idempotence": True,
-                "message.timeout.ms": int(self.delivery_timeout_s * 1000),
-                "linger.ms": 5,
-            }
-        )
-
-    def _poll(self) -> None:
-        while not self._halt.is_set():
-            producer = self._producer
-            if producer is None:
-                return
-            try:
-                producer.poll(0.1)
-            except KafkaException as exc:  # a fatal error: publish replaces the producer
-                self._fatal = True
-                self._on_error(exc.args[0])
-                self._halt.wait(0.1)
-
-    def _replace_producer(self) -> Producer:
-        """A new producer after a fatal error (the idempotent producer's state is gone on the broker,
-        e.g. it restarted empty); what the old one still held fails its publishes."""
-        old = self._producer
-        self._producer = new = self._new_producer()
-        if old is not None:
-            old.purge()
-            old.poll(0)  # delivers the purge reports: their publishes raise BusUnavailable
-        log.warning("Kafka bus: the producer hit a fatal error and was replaced")
-        return new
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self._fatal = True
-        text = error.str()
-        if text != self.last_error:
-            log.warning("Kafka bus: %s", text)
-        self.last_error = text
-
-    # -- topics ------------------------------------------------------------------------------
-
-    def topic_name(self, topic: str) -> str:
-        """The Kafka topic of a bus topic (the readings topic is renamed by the URL)."""
-        return self.endpoint.topic if topic == READINGS_TOPIC else topic
-
-    async def ensure_topic(self, name: str) -> None:
-        """Create ``name`` if the broker does not have it (once per process, or after a failure).
-
-        Raises:
-            BusUnavailable: the broker did not answer within the delivery timeout.
-        """
-        await self.partition_count(name)
-
-    async def partition_count(self, name: str) -> int:
-        """The partition count of topic ``name`` (created first if missing), looked up once.
-
-        Raises:
-            BusUnavailable: the broker did not answer within the delivery timeout.
-        """
-        count = self._ready.get(name)
-        if count is not None:
-            return count
-        # one look at a time, and waiters resume in arrival order: publishes stay in call order
-        async with self._topic_lock:
-            if name not in self._ready:
-                self._ready[name] = await asyncio.to_thread(self._create_if_missing, name)
-            return self._ready[name]
-
-    def _create_if_missing(self, name: str) -> int:
-        admin = self._admin
-        if admin is None:
-            msg = "the Kafka bus is not started"
-            raise BusUnavailable(msg)
-        timeout = self.delivery_timeout_s
-        try:
-            topics = admin.list_topics(name, timeout=timeout).topics
-            found = topics.get(name)
-            if found is not None and found.error is None:
-                log.info("Kafka bus: topic %r has %d partitions", name, len(found.partitions))
-                return len(found.partitions)
-            new = NewTopic(name, num_partitions=self.partitions, replication_factor=self.replication_factor)
-            try:
-                admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)[name].result(
-                    timeout
-                )
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-                return self._existing_partitions(admin, name)
-        except KafkaException as exc:
-            msg = f"Kafka broker {self.endpoint.bootstrap} unavailable: {exc.args[0].str()}"
-            raise BusUnavailable(msg) from None
-        log.info("Kafka bus: created topic %r with %d partitions", name, self.partitions)
-        return self.partitions
-
-    def _existing_partitions(self, admin: AdminClient, name: str) -> int:
-        """The partition count of a topic another process created a moment ago."""
-        found = admin.list_topics(name, timeout=self.delivery_timeout_s).topics.get(name)
-        if found is None or found.error is not None or not found.partitions:
-            msg = f"Kafka broker {self.endpoint.bootstrap} does not describe topic {name!r}"
-            raise BusUnavailable(msg)
-        return len(found.partitions)
 
     # -- publish -----------------------------------------------------------------------------
 

@@ -6,32 +6,33 @@ stored as the domain keeps them, integer microseconds since the epoch (UTC), so 
 comparison is the same integer arithmetic as in the other stores. One connection writes (a lock
 keeps its transactions in order, as DuckDB's writer thread does); a few more answer queries.
 Driver errors become :class:`~fleetstream.errors.StoreError` at this edge.
+
+Opening the connections and using them (the writer's lock, the readers' pool) are in
+:mod:`.postgres_connection`; this module holds the store's reads and writes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
 import numpy as np
-import psycopg
 
 from fleetstream.adapters.store import postgres_alerts as alerts_db
 from fleetstream.adapters.store import postgres_derived as derived_db
 from fleetstream.adapters.store import postgres_queries as queries
 from fleetstream.adapters.store import postgres_rollups as rollups
 from fleetstream.adapters.store.duckdb import _message_positions, _replayed
+from fleetstream.adapters.store.postgres_connection import SCHEMA_VERSION as SCHEMA_VERSION
+from fleetstream.adapters.store.postgres_connection import Connection as Connection  # its old home
+from fleetstream.adapters.store.postgres_connection import PostgresConnections
 from fleetstream.domain.alerts import Alert
 from fleetstream.domain.batch import Batch
 from fleetstream.domain.federated import ModelRound
 from fleetstream.domain.records import DedupKey
 from fleetstream.domain.twin import DeviceEvent, DeviceTwin
 from fleetstream.domain.windows import WindowAggregate
-from fleetstream.errors import ConfigError, StoreError
 from fleetstream.ports import (
     AlertQuery,
     Checkpoint,
@@ -43,104 +44,18 @@ from fleetstream.ports import (
     WindowQuery,
 )
 
-log = logging.getLogger(__name__)
-
-Connection = psycopg.AsyncConnection[tuple[Any, ...]]
-
-SCHEMA_VERSION = 4  # 3: alerts, rules, zones, model_rounds; 4: readings_1m (per-minute rollups)
 _READING_COLUMNS = queries.READING_COLUMNS
 _READING_TYPES = ["int8", "text", "int8", "text", "float8", "text", "text", "text", "int8", "text", "int8"]
 _MESSAGE_COLUMNS = queries.MESSAGE_COLUMNS
 _MESSAGE_TYPES = ["int8", "text", "int8", "text", "text", "text", "int8"]
 
 
-class PostgresStore:
+class PostgresStore(PostgresConnections):
     """The :class:`~fleetstream.ports.Store` on a PostgreSQL database (created schema and all).
 
     ``rollups=off`` in the URL's query answers metric queries from raw rows only (the per-minute
     rollups are still maintained): for comparing the two, or ruling the rollups out.
     """
-
-    def __init__(self, url: str, *, readers: int = 2) -> None:
-        if not url.startswith(("postgresql://", "postgres://")):
-            msg = f"not a postgresql URL: {url!r}"
-            raise ConfigError(msg)
-        url, self.use_rollups = _rollups_option(url)
-        self.url = url
-        self._readers_count = readers
-        self._writer: Connection | None = None
-        self._write_lock = asyncio.Lock()
-        self._readers: asyncio.Queue[Connection] = asyncio.Queue()
-        self._opened: list[Connection] = []
-        self.layout = ""
-        """How readings are laid out for time ranges: a ``TimescaleDB hypertable`` or a
-        ``BRIN-indexed table``."""
-
-    async def start(self) -> None:
-        try:
-            self._writer = await self._connect()
-            self.layout = await queries.create_schema(self._writer, SCHEMA_VERSION)
-            for _ in range(self._readers_count):
-                self._readers.put_nowait(await self._connect())
-        except psycopg.Error as exc:
-            await self.close()
-            msg = f"cannot open PostgreSQL store {_redacted(self.url)}: {exc}"
-            raise StoreError(msg) from exc
-        except BaseException:
-            await self.close()
-            raise
-        log.info("PostgreSQL store %s: readings in a %s", _redacted(self.url), self.layout)
-
-    async def _connect(self) -> Connection:
-        con: Connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-        self._opened.append(con)
-        return con
-
-    async def close(self) -> None:
-        for con in self._opened:
-            await con.close()
-        self._opened.clear()
-        self._writer = None
-        self._readers = asyncio.Queue()
-
-    # -- plumbing ------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[Connection]:
-        """The writer connection in a transaction, one at a time."""
-        if self._writer is None:
-            msg = "the PostgreSQL store is not open"
-            raise StoreError(msg)
-        async with self._write_lock:
-            try:
-                if self._writer.closed or self._writer.broken:  # the server dropped it: a new one
-                    self._writer = await self._connect()
-                async with self._writer.transaction():
-                    yield self._writer
-            except psycopg.Error as exc:
-                raise _store_error(exc) from exc
-
-    @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[Connection]:
-        """A reader connection of the pool (waits for a free one)."""
-        if not self._opened:
-            msg = "the PostgreSQL store is not open"
-            raise StoreError(msg)
-        con = await self._readers.get()
-        try:
-            if con.closed or con.broken:  # the server dropped it: a new one
-                con = await self._connect()
-            yield con
-        except psycopg.Error as exc:
-            raise _store_error(exc) from exc
-        finally:
-            self._readers.put_nowait(con)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only SQL query (for tests, benchmarks and the shell)."""
-        async with self._reading() as con:
-            cur = await con.execute(sql, list(params))
-            return await cur.fetchall()
 
     # -- writing ---------------------------------------------------------------------
 
@@ -349,37 +264,3 @@ async def write_batch(con: Connection, batch: Batch) -> None:
             for m in bare:
                 row = (m.seq, m.device_id, m.ts, m.kind, m.device_type, m.msg_id, m.received_at)
                 await copy.write_row(row)
-
-
-def _rollups_option(url: str) -> tuple[str, bool]:
-    """The URL without fleetstream's own ``rollups=on|off`` parameter (libpq refuses unknown ones),
-    and whether metric queries may use the rollups."""
-    base, sep, query = url.partition("?")
-    if not sep:
-        return url, True
-    kept, use = [], True
-    for pair in query.split("&"):
-        key, _, value = pair.partition("=")
-        if key != "rollups":
-            kept.append(pair)
-        elif value in ("on", "off"):
-            use = value == "on"
-        else:
-            msg = f"rollups={value!r} in the PostgreSQL URL: expected on or off"
-            raise ConfigError(msg)
-    return base + ("?" + "&".join(kept) if kept else ""), use
-
-
-def _store_error(exc: psycopg.Error) -> StoreError:
-    kind = "unreachable" if isinstance(exc, psycopg.OperationalError) else "failed"
-    msg = f"PostgreSQL {kind}: {str(exc).strip()}"
-    return StoreError(msg)
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, userinfo = head.partition("//")
-    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
