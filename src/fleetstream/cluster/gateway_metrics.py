@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fleetstream.api.prometheus import exposition
+
 if TYPE_CHECKING:
     from fleetstream.cluster.gateway import GatewayNode
 
@@ -54,9 +56,4 @@ def render(node: GatewayNode, broker_up: bool) -> str:
         for name, (kind, text, value) in source.metrics().items():
             help_[name] = (kind, text)
             values[name] = value
-    lines = []
-    for name, value in values.items():
-        kind, text = help_[name]
-        lines += [f"# HELP fleetstream_{name} {text}", f"# TYPE fleetstream_{name} {kind}"]
-        lines.append(f"fleetstream_{name} {value}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(exposition(values, help_)) + "\n"

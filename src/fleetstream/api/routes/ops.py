@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from fleetstream.api.deps import RuntimeDep
+from fleetstream.api.prometheus import exposition
 from fleetstream.api.routes.query import ingest_counters
 
 router = APIRouter(tags=["ops"])
@@ -73,11 +74,7 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
         for name, (kind, text, value) in samples.items():
             help_[name] = (kind, text)
             values[name] = value
-    lines = []
-    for name, value in values.items():
-        kind, text = help_[name]
-        lines += [f"# HELP fleetstream_{name} {text}", f"# TYPE fleetstream_{name} {kind}"]
-        lines.append(f"fleetstream_{name} {value}")
+    lines = exposition(values, help_)
     lines += [
         "# HELP fleetstream_late_readings_total Late readings per sensor.",
         "# TYPE fleetstream_late_readings_total counter",
